@@ -1,0 +1,390 @@
+"""A program's connection to the kernel: one per process, shared by its threads.
+
+Requests carry ids, so any number of threads (and overlapped operations) can
+have requests in flight.  There is no receiver thread: whichever waiting
+thread holds the receive role reads frames and hands each to its owner, so a
+single-threaded call costs one send and one receive.  Kernel upcalls (map a
+section's view into this process, unmap it) are answered by whoever is
+reading at the time, during the driver's dispatch.
+"""
+
+from __future__ import annotations
+
+import array
+import atexit
+import ctypes
+import ctypes.util
+import itertools
+import json
+import mmap
+import os
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+
+from ringzero import paths
+from ringzero.protocol import wire
+from ringzero.protocol.wire import Kind
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+MAP_FAILED = ctypes.c_void_p(-1).value
+
+STATUS_SUCCESS = 0
+STATUS_PENDING = 0x103
+STATUS_NO_MEMORY = 0xC0000017
+STATUS_INVALID_PARAMETER = 0xC000000D
+
+
+class KernelNotRunning(ConnectionError):
+    pass
+
+
+class KernelGone(ConnectionError):
+    """The kernel closed the connection (it stopped, or found us misbehaving)."""
+
+
+class _Slot:
+    __slots__ = ("done", "pending", "status", "info", "data", "sink", "push", "event")
+
+    def __init__(self):
+        self.done = False
+        self.pending = False
+        self.status = 0
+        self.info = 0
+        self.data = b""
+        self.sink = None     # a writable buffer the reply's data is copied into (overlapped reads)
+        self.push = None     # a list collecting PUSH payloads (subscriptions)
+
+
+class Connection:
+    """Invariant: `_slots` has an entry for every request sent and not yet
+    answered; only the holder of `_recv_lock` reads the socket; every change
+    to a slot is announced on `_cv`."""
+
+    def __init__(self, path: str | None = None):
+        self.path = path or paths.default_socket_path()
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.connect(self.path)
+        except (FileNotFoundError, ConnectionRefusedError) as e:
+            s.close()
+            raise KernelNotRunning(
+                f"no ringzero kernel is running at {self.path} ({e.strerror}); start one with "
+                f"`ringzero kernel`, or set {paths.ENV_SOCKET} to where one listens") from None
+        self.sock = s
+        self.pid = os.getpid()
+        self.proto = wire.Connection(wire.Role.PROGRAM)
+        self._send_lock = threading.Lock()
+        self._recv_lock = threading.Lock()
+        self._cv = threading.Condition(threading.Lock())
+        self._slots: dict[int, _Slot] = {}
+        self._rid = itertools.count(1)
+        self._buf = bytearray(256 * 1024)
+        self._views: dict[int, int] = {}
+        self.closed = False
+        self.requests_sent = 0
+        self._send(self.proto.send(wire.hello()))
+        while self.proto.state is not wire.State.READY:
+            self._pump()
+        f = self._welcome
+        _, _, _, self.kernel_pid, self.program_pid, self.max_payload = wire.WELCOME.unpack_from(f.payload)
+        from ringzero.kernel.mm.user import set_ptracer
+        set_ptracer(self.kernel_pid)
+
+    # -- sending -------------------------------------------------------------
+
+    def _send(self, data: bytes, fds=()) -> None:
+        try:
+            with self._send_lock:
+                if fds:
+                    self.sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+                else:
+                    self.sock.sendall(data)
+        except OSError as e:
+            self._broken()
+            raise KernelGone(f"the ringzero kernel connection is broken: {e}") from None
+
+    def start(self, kind: int, payload: bytes, flags: int = 0, sink=None, push=None) -> tuple[int, _Slot]:
+        if self.closed:
+            raise KernelGone("the ringzero kernel connection is closed")
+        rid = next(self._rid)
+        slot = _Slot()
+        slot.sink = sink
+        slot.push = push
+        self._slots[rid] = slot
+        self.requests_sent += 1
+        hdr = wire.HEADER.pack(len(payload), kind, flags, 0, threading.get_native_id(), rid)
+        self._send(hdr + payload)
+        return rid, slot
+
+    def request(self, kind: int, payload: bytes, flags: int = 0) -> tuple[int, int, bytes]:
+        """Send one request and wait for its final reply: (status, information, data)."""
+        rid, slot = self.start(kind, payload, flags)
+        self.wait(slot)
+        return slot.status, slot.info, slot.data
+
+    def call(self, method: str, **args):
+        status, _, data = self.request(Kind.CALL, json.dumps({"method": method, "args": args}).encode())
+        body = json.loads(data or b"{}")
+        if status & 0xC0000000 == 0xC0000000:
+            raise CallFailed(status, body.get("message", ""), body.get("winerror"))
+        return body.get("result")
+
+    # -- receiving --------------------------------------------------------------
+
+    def wait(self, slot: _Slot, until_pending: bool = False, timeout: float | None = None) -> bool:
+        """Until `slot` is answered (or, with `until_pending`, went pending)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not (slot.done or (until_pending and slot.pending)):
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            if self._recv_lock.acquire(blocking=False):
+                try:
+                    if slot.done or (until_pending and slot.pending):
+                        break
+                    if deadline is not None:
+                        self.sock.settimeout(max(0.0, deadline - time.monotonic()))
+                    try:
+                        self._pump()
+                    except socket.timeout:
+                        pass
+                    finally:
+                        if deadline is not None:
+                            self.sock.settimeout(None)
+                finally:
+                    with self._cv:
+                        self._recv_lock.release()
+                        self._cv.notify_all()
+            else:
+                with self._cv:
+                    if not (slot.done or (until_pending and slot.pending)) and self._recv_lock.locked():
+                        self._cv.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return True
+
+    def _pump(self) -> None:
+        """Read once and deliver every complete frame.  Holder of _recv_lock only."""
+        if self.closed:
+            raise KernelGone("the ringzero kernel connection is closed")
+        try:
+            n, anc, _flags, _ = self.sock.recvmsg_into([self._buf], socket.CMSG_SPACE(wire.MAX_FDS * 4 * 4))
+        except socket.timeout:
+            raise
+        except OSError as e:
+            self._broken()
+            raise KernelGone(f"the ringzero kernel connection is broken: {e}") from None
+        fds = []
+        for level, typ, cdata in anc:
+            if level == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS:
+                a = array.array("i")
+                a.frombytes(cdata[:len(cdata) - len(cdata) % a.itemsize])
+                fds.extend(a)
+        if n == 0:
+            self._broken()
+            raise KernelGone("the ringzero kernel closed the connection")
+        self.proto.receive_data(memoryview(self._buf)[:n], fds)
+        while True:
+            f = self.proto.next_frame()
+            if f is None:
+                return
+            self._deliver(f)
+
+    def _deliver(self, f: wire.Frame) -> None:
+        kind = f.kind
+        if kind == Kind.REPLY:
+            slot = self._slots.pop(f.rid, None)
+            if slot is None:
+                return
+            slot.status, slot.info = wire.REPLY.unpack_from(f.payload)
+            data = f.payload[wire.REPLY.size:]
+            if slot.sink is not None and data:
+                memoryview(slot.sink).cast("B")[:len(data)] = data
+            slot.data = data
+            with self._cv:
+                slot.done = True
+                self._cv.notify_all()
+        elif kind == Kind.PENDING:
+            slot = self._slots.get(f.rid)
+            if slot is not None:
+                with self._cv:
+                    slot.pending = True
+                    self._cv.notify_all()
+        elif kind == Kind.PUSH:
+            slot = self._slots.get(f.rid)
+            if slot is not None and slot.push is not None:
+                with self._cv:
+                    slot.push.append(f.payload)
+                    self._cv.notify_all()
+        elif kind == Kind.MAP_VIEW:
+            self._map_view(f)
+        elif kind == Kind.UNMAP_VIEW:
+            addr, length = wire.UNMAP_VIEW.unpack_from(f.payload)
+            status = STATUS_INVALID_PARAMETER
+            if self._views.get(addr) == length:
+                del self._views[addr]
+                status = STATUS_SUCCESS if _libc.munmap(addr, length) == 0 else STATUS_INVALID_PARAMETER
+            self._send(wire.HEADER.pack(wire.UPCALL_REPLY.size, Kind.UPCALL_REPLY, 0, 0, 0, f.rid)
+                       + wire.UPCALL_REPLY.pack(status, 0))
+        elif kind == Kind.WELCOME:
+            self._welcome = f
+
+    def _map_view(self, f: wire.Frame) -> None:
+        length, offset, _prot = wire.MAP_VIEW.unpack_from(f.payload)
+        status, addr = STATUS_INVALID_PARAMETER, 0
+        if len(f.fds) == 1:
+            a = _libc.mmap(None, length, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED, f.fds[0], offset)
+            if a not in (None, MAP_FAILED):
+                status, addr = STATUS_SUCCESS, a
+                self._views[a] = length
+            else:
+                status = STATUS_NO_MEMORY
+        for fd in f.fds:
+            os.close(fd)
+        self._send(wire.HEADER.pack(wire.UPCALL_REPLY.size, Kind.UPCALL_REPLY, 0, 0, 0, f.rid)
+                   + wire.UPCALL_REPLY.pack(status, addr))
+
+    def _broken(self) -> None:
+        self.closed = True
+        with self._cv:
+            for slot in self._slots.values():
+                slot.status = 0xC00000B0  # STATUS_PIPE_DISCONNECTED
+                slot.done = True
+            self._slots.clear()
+            self._cv.notify_all()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+
+
+class CallFailed(Exception):
+    def __init__(self, status: int, message: str, winerror: int | None = None):
+        super().__init__(message or f"status {status:#010x}")
+        self.status = status
+        self.winerror = winerror
+
+
+# -- the process-wide connection ------------------------------------------------
+
+_conn: Connection | None = None
+_conn_lock = threading.Lock()
+
+
+def connection() -> Connection:
+    """This process's connection, made on first use (and anew after fork)."""
+    global _conn
+    c = _conn
+    if c is not None and c.pid == os.getpid() and not c.closed:
+        return c
+    with _conn_lock:
+        c = _conn
+        if c is None or c.pid != os.getpid() or c.closed:
+            _conn = c = Connection()
+        return c
+
+
+def disconnect() -> None:
+    """Close this process's connection: the kernel runs it down (handles closed)."""
+    global _conn
+    with _conn_lock:
+        if _conn is not None and _conn.pid == os.getpid():
+            _conn.close()
+        _conn = None
+
+
+def _after_fork() -> None:
+    global _conn, _conn_lock
+    _conn_lock = threading.Lock()
+    c, _conn = _conn, None
+    if c is not None:
+        try:
+            c.sock.close()  # the parent's connection is the parent's
+        except OSError:
+            pass
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
+# -- the embedded kernel ------------------------------------------------------------
+
+_embedded: subprocess.Popen | None = None
+
+
+def kernel_running(path: str | None = None) -> bool:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(path or paths.default_socket_path())
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def start_embedded_kernel(quiet: bool = True, timeout: float = 15.0) -> str:
+    """Start a kernel as a child on a private socket for this program (and the
+    programs it starts, through RINGZERO_SOCKET); it stops when we exit."""
+    global _embedded
+    import tempfile
+    d = tempfile.mkdtemp(prefix="ringzero-embedded-")
+    path = os.path.join(d, "kernel.sock")
+    state = os.path.join(d, "state")
+    PR_SET_PDEATHSIG = 1
+
+    def die_with_parent():
+        _libc.prctl(PR_SET_PDEATHSIG, 15, 0, 0, 0)
+
+    cmd = [sys.executable, "-m", "ringzero.kernel", "--socket", path, "--state", state, "--quiet"]
+    _embedded = subprocess.Popen(cmd, preexec_fn=die_with_parent, stdin=subprocess.DEVNULL,
+                                 stdout=subprocess.DEVNULL, stderr=None if not quiet else subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    while not kernel_running(path):
+        if _embedded.poll() is not None:
+            raise RuntimeError(f"the embedded ringzero kernel exited at start (code {_embedded.returncode})")
+        if time.monotonic() > deadline:
+            _embedded.kill()
+            raise RuntimeError("the embedded ringzero kernel did not start listening in time")
+        time.sleep(0.02)
+    os.environ[paths.ENV_SOCKET] = path
+    os.environ[paths.ENV_STATE] = state
+    atexit.register(stop_embedded_kernel)
+    return path
+
+
+def stop_embedded_kernel() -> None:
+    global _embedded
+    disconnect()
+    p, _embedded = _embedded, None
+    if p is not None and p.poll() is None:
+        p.terminate()
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+def ensure_kernel(quiet: bool = True) -> tuple[str, bool]:
+    """(socket path, started here): the running kernel, or an embedded one."""
+    path = paths.default_socket_path()
+    if kernel_running(path):
+        return path, False
+    return start_embedded_kernel(quiet), True
+
+
+def ensure_driver(service: str, image: str) -> bool:
+    """Load `image` as `service` unless a driver of that name is loaded; True if loaded here."""
+    c = connection()
+    if service in c.call("kernel.info")["drivers"]:
+        return False
+    c.call("driver.load", image=image, service=service)
+    return True

@@ -1,0 +1,87 @@
+"""Starting and stopping the kernel host: `ringzero kernel`."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+
+from ringzero import paths
+from ringzero.kernel import calls as _calls  # noqa: F401  (registers the CALL methods)
+from ringzero.kernel import dbg, system
+from ringzero.kernel.host import KernelHost
+from ringzero.kernel.io import driver as iodriver
+from ringzero.kernel.ke import timer
+
+log = logging.getLogger("ringzero.kernel")
+
+
+class Kernel:
+    """A booted kernel: the system, the host listening for programs, and the
+    drivers loaded at start.  `start()` returns once it listens."""
+
+    def __init__(self, socket_path: str | None = None, state_dir: str | None = None, verbose: bool = False):
+        self.socket_path = socket_path or paths.default_socket_path()
+        self.state_dir = state_dir or paths.default_state_dir()
+        self.verbose = verbose
+        self.host: KernelHost | None = None
+        self.system = None
+
+    def start(self, loads: list[str] = ()) -> None:
+        dbg.echo = self.verbose
+        self.system = system.boot(self.state_dir)
+        self.host = KernelHost(self.socket_path)
+        self.host.bind()
+        self._boot_services()
+        for image in loads:
+            service = os.path.splitext(os.path.basename(image))[0] if image.endswith(".py") else image.rsplit(".", 1)[-1]
+            iodriver.load_driver(service, image)
+        self.host.start_background()
+
+    def _boot_services(self) -> None:
+        try:
+            from ringzero.kernel.svc import scm
+        except ImportError:
+            return
+        scm.boot(self.system, self.state_dir)
+
+    def stop(self) -> None:
+        if self.host is not None:
+            self.host.stop()
+        for drv in list(self.system.drivers.values()) if self.system else []:
+            try:
+                iodriver.unload_driver(drv)
+            except Exception as exc:
+                dbg.fault("unload at shutdown", exc, drv)
+        svc = getattr(self.system, "scm", None) if self.system else None
+        if svc is not None and hasattr(svc, "close"):
+            svc.close()
+        timer.stop()
+
+
+def run(socket_path: str | None, loads: list[str], state_dir: str | None, verbose: bool, quiet: bool = False) -> int:
+    """Foreground kernel: prints where it listens, stops cleanly on SIGINT/SIGTERM."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s", stream=sys.stderr)
+    k = Kernel(socket_path, state_dir, verbose)
+    try:
+        k.start(loads)
+    except iodriver.DriverLoadError as e:
+        print(f"ringzero kernel: cannot load driver: {e}", file=sys.stderr)
+        k.stop()
+        return 1
+    except (RuntimeError, OSError) as e:
+        print(f"ringzero kernel: {e}", file=sys.stderr)
+        return 1
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    if not quiet:
+        print(f"ringzero kernel {os.getpid()} listening on {k.socket_path}", flush=True)
+    while not stop.wait(3600):
+        pass
+    k.stop()
+    if not quiet:
+        print("ringzero kernel stopped", flush=True)
+    return 0

@@ -1,0 +1,485 @@
+"""The kernel host: accepts programs on a Unix socket and serves their requests.
+
+Each connected program is a process (identity from SO_PEERCRED, never from
+what it says) with its own handle table.  One kernel thread at a time is the
+*reader* of a connection: it takes a frame and calls into the I/O manager
+right there, in the program's context, so a request that completes at once
+costs no thread switch.  If a dispatch routine has to block (a wait, an
+upcall to the program), the reader role passes to a fresh thread before it
+parks, so the program's other requests, its cancels and its death are still
+seen.  When the connection drops for any reason the process is run down as
+NT does: its IRPs cancelled, its views torn down, its handles closed (each
+last handle sending IRP_MJ_CLEANUP, each last reference IRP_MJ_CLOSE).
+"""
+
+from __future__ import annotations
+
+import array
+import errno
+import itertools
+import json
+import logging
+import os
+import socket
+import stat
+import struct
+import threading
+import time
+
+from ringzero.kernel import dbg, system
+from ringzero.kernel.context import current
+from ringzero.kernel.io import file as iofile
+from ringzero.kernel.ke import dispatcher as ke
+from ringzero.kernel.mm import mdl as mm_mdl
+from ringzero.kernel.mm.user import NtException
+from ringzero.kernel.ob import events as obev
+from ringzero.kernel.ob.handles import release_entry
+from ringzero.kernel.ps.process import EPROCESS
+from ringzero.nt import status as st
+from ringzero.protocol import wire
+from ringzero.protocol.wire import Kind
+
+log = logging.getLogger("ringzero.kernel")
+
+RECV_SIZE = 256 * 1024
+SEND_TIMEOUT = 10.0
+RUNDOWN_CANCEL_WAIT = 5.0
+_UPCALL_RID = itertools.count(1 << 62)
+
+calls: dict[str, object] = {}   # CALL method name -> fn(conn, args) -> result
+
+
+def call(name: str):
+    """Register a slow-path CALL method: fn(connection, args: dict, rid) -> JSON-able."""
+    def register(fn):
+        calls[name] = fn
+        return fn
+    return register
+
+
+class CallError(Exception):
+    def __init__(self, status: int, message: str, winerror: int | None = None):
+        super().__init__(message)
+        self.status = status
+        self.winerror = winerror
+
+
+class _Req(iofile.Reply):
+    """One request's way back to its program."""
+
+    __slots__ = ("conn", "rid")
+
+    def __init__(self, conn: ProgramConnection, rid: int):
+        self.conn = conn
+        self.rid = rid
+
+    def complete(self, irp, status, information, data):
+        conn = self.conn
+        frame = wire.reply(self.rid, status, information, data)
+        with conn.send_lock:
+            if irp is not None:
+                irp.reply_sent = True
+            conn._send_locked(frame)
+
+    def pending(self, irp):
+        conn = self.conn
+        with conn.send_lock:
+            if not irp.reply_sent:
+                conn._send_locked(wire.encode(wire.Frame(Kind.PENDING, self.rid)))
+
+
+def _peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return struct.unpack("3i", creds)
+
+
+def _proc_facts(pid: int) -> tuple[str, int | None, frozenset]:
+    image, start, groups = "", None, frozenset()
+    try:
+        image = os.path.basename(os.readlink(f"/proc/{pid}/exe"))
+    except OSError:
+        pass
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+        start = int(data[data.rindex(b")") + 2:].split()[19])
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("Groups:"):
+                    groups = frozenset(int(g) for g in line.split()[1:])
+                    break
+    except OSError:
+        pass
+    return image, start, groups
+
+
+class ProgramConnection:
+    """Invariant: exactly one thread holds `reader_token` and reads `sock`;
+    `send_lock` serialises every frame sent; `dispatching` lists the kernel
+    threads currently working for this program (alerted at rundown)."""
+
+    def __init__(self, host: KernelHost, sock: socket.socket):
+        self.host = host
+        self.sock = sock
+        self.proto = wire.Connection(wire.Role.KERNEL, host.max_payload)
+        self.send_lock = threading.Lock()
+        self.process: EPROCESS | None = None
+        self.reader_token = None
+        self.dispatching: set[int] = set()
+        self.upcalls: dict[int, list] = {}
+        self.subscriptions: list = []
+        self.closed = False
+        self.rundown_done = threading.Event()
+        self._rundown_lock = threading.Lock()
+        sock.settimeout(None)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", int(SEND_TIMEOUT), 0))
+
+    # -- sending ---------------------------------------------------------------
+
+    def _send_locked(self, data: bytes, fds=()) -> None:
+        if self.closed:
+            return
+        try:
+            if fds:
+                self.sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+            else:
+                self.sock.sendall(data)
+        except OSError as e:
+            # the program stopped reading, or is gone: end the connection; the reader runs it down
+            if e.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
+                dbg.emit(f"pid {self.process.pid if self.process else '?'} stopped reading its replies; disconnected",
+                         level="fault", source="kernel")
+            self.closed = True
+            try:
+                self.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def send(self, data: bytes, fds=()) -> None:
+        with self.send_lock:
+            self._send_locked(data, fds)
+
+    # -- upcalls into the program (run on a dispatch thread) -------------------------
+
+    def _upcall(self, kind: int, payload: bytes, fds=()) -> tuple[int, int]:
+        rid = next(_UPCALL_RID)
+        slot = [ke.KEVENT(ke.NotificationEvent, False), st.STATUS_PROCESS_IS_TERMINATING, 0]
+        self.upcalls[rid] = slot
+        try:
+            self.send(wire.encode(wire.Frame(kind, rid, payload, fds=list(fds))), fds)
+            if not self.closed:
+                ke.wait([slot[0]], False, None)
+        finally:
+            self.upcalls.pop(rid, None)
+        return slot[1], slot[2]
+
+    def map_view(self, fd: int, length: int, offset: int) -> int:
+        status, address = self._upcall(Kind.MAP_VIEW, wire.MAP_VIEW.pack(length, offset, 3), [fd])
+        if not st.NT_SUCCESS(status):
+            raise NtException(status, f"the program could not map the view ({st.status_name(status)})")
+        return address
+
+    def unmap_view(self, address: int, length: int) -> None:
+        self._upcall(Kind.UNMAP_VIEW, wire.UNMAP_VIEW.pack(address, length))
+
+    # -- the reader ---------------------------------------------------------------
+
+    def start_reader(self) -> None:
+        token = object()
+        self.reader_token = token
+        t = threading.Thread(target=self._read_loop, args=(token,), name="ringzero-reader", daemon=True)
+        t.start()
+
+    def _on_block(self) -> None:
+        """ke's hook: this thread is about to park; pass the reader role on."""
+        conn = current.connection
+        if conn is not None and conn.reader_token is getattr(current, "reader_token", None):
+            current.connection = None
+            if not conn.closed:
+                conn.start_reader()
+
+    def _read_loop(self, token) -> None:
+        current.reader_token = token
+        current.connection = self
+        current.process = self.process
+        ke.set_block_hook(self._on_block)
+        me = threading.get_ident()
+        buf = bytearray(RECV_SIZE)
+        view = memoryview(buf)
+        proto = self.proto
+        try:
+            while self.reader_token is token:
+                frame = proto.next_frame()
+                if frame is None:
+                    try:
+                        n = self.sock.recv_into(view)
+                    except OSError:
+                        n = 0
+                    if n == 0:
+                        break
+                    proto.receive_data(view[:n])
+                    continue
+                self.dispatching.add(me)
+                try:
+                    self._dispatch(frame)
+                finally:
+                    self.dispatching.discard(me)
+                if self.reader_token is not token:
+                    return  # a dispatch blocked and another thread reads now
+                current.connection = self
+        except wire.ProtocolError as e:
+            system.get().counters["protocol_errors"] += 1
+            pid = self.process.pid if self.process else "?"
+            dbg.emit(f"protocol error from pid {pid}: {e}; connection closed", level="fault", source="kernel")
+        except Exception as e:  # a bug of ours must not take the kernel down
+            dbg.fault("connection reader", e)
+        if self.reader_token is token:
+            self.rundown()
+
+    # -- dispatch ---------------------------------------------------------------------
+
+    def _dispatch(self, f: wire.Frame) -> None:
+        kind = f.kind
+        if kind == Kind.HELLO:
+            self._hello()
+            return
+        proc = self.process
+        current.program_thread = f.tid
+        proc.counters["requests"] += 1
+        p = f.payload
+        rid = f.rid
+        if kind == Kind.DEVICE_IO_CONTROL:
+            h, code, in_len, out_len, in_addr, out_addr, event = wire.IOCTL.unpack_from(p)
+            data = p[wire.IOCTL.size:]
+            in_data = data[:in_len]
+            out_data = data[in_len:] if len(data) > in_len else None
+            iofile.device_io_control(proc, h, code, in_data, out_len, in_addr, out_addr, event, _Req(self, rid),
+                                     rid, f.tid, bool(f.flags & wire.FLAG_OVERLAPPED), out_data)
+        elif kind == Kind.READ_FILE:
+            h, length, offset, addr, event = wire.READ.unpack_from(p)
+            iofile.read_file(proc, h, length, offset, addr, event, _Req(self, rid), rid, f.tid,
+                             bool(f.flags & wire.FLAG_OVERLAPPED))
+        elif kind == Kind.WRITE_FILE:
+            h, offset, addr, event = wire.WRITE.unpack_from(p)
+            iofile.write_file(proc, h, p[wire.WRITE.size:], offset, addr, event, _Req(self, rid), rid, f.tid,
+                              bool(f.flags & wire.FLAG_OVERLAPPED))
+        elif kind == Kind.CREATE_FILE:
+            access, share, disp, flags, nlen = wire.CREATE_FILE.unpack_from(p)
+            name = bytes(p[wire.CREATE_FILE.size:wire.CREATE_FILE.size + nlen]).decode("utf-8", "replace")
+            iofile.open_file(proc, name, access, share, disp, flags, _Req(self, rid), rid, f.tid)
+        elif kind == Kind.CLOSE_HANDLE:
+            (h,) = wire.HANDLE.unpack_from(p)
+            self._reply(rid, iofile.close_handle(proc, h))
+        elif kind == Kind.WAIT:
+            wait_all, _alertable, count, timeout = wire.WAIT.unpack_from(p)
+            handles = list(struct.unpack_from(f"<{count}Q", p, wire.WAIT.size))
+            self._reply(rid, obev.wait_for_handles(proc, handles, bool(wait_all), timeout))
+        elif kind == Kind.EVENT_OP:
+            h, op = wire.EVENT_OP.unpack_from(p)
+            status, prev = obev.event_op(proc, h, op)
+            self._reply(rid, status, prev)
+        elif kind == Kind.CREATE_EVENT:
+            manual, initial, _, access = wire.CREATE_EVENT.unpack_from(p)
+            name = bytes(p[wire.CREATE_EVENT.size:]).decode("utf-8", "replace") or None
+            status, h = obev.create_event(proc, bool(manual), bool(initial), name, access)
+            self._reply(rid, status, h)
+        elif kind == Kind.OPEN_EVENT:
+            access, _inherit = wire.OPEN_EVENT.unpack_from(p)
+            status, h = obev.open_event(proc, bytes(p[wire.OPEN_EVENT.size:]).decode("utf-8", "replace"), access)
+            self._reply(rid, status, h)
+        elif kind == Kind.CANCEL_IO:
+            h, target = wire.CANCEL.unpack_from(p)
+            any_thread = bool(f.flags & wire.FLAG_OVERLAPPED)
+            self._reply(rid, iofile.cancel_io(proc, h, f.tid, target, any_thread))
+        elif kind == Kind.DUPLICATE_HANDLE:
+            h, access = wire.DUPLICATE.unpack_from(p)
+            status, nh = obev.duplicate_handle(proc, h, access, access == 0)
+            self._reply(rid, status, nh)
+        elif kind == Kind.UPCALL_REPLY:
+            slot = self.upcalls.get(rid)
+            if slot is not None:
+                slot[1], slot[2] = wire.UPCALL_REPLY.unpack_from(p)
+                ke.KeSetEvent(slot[0])
+        elif kind == Kind.CALL:
+            self._call(rid, p)
+        else:
+            raise wire.RemoteProtocolError(f"{Kind(kind).name} is not a request")
+
+    def _reply(self, rid: int, status: int, information: int = 0, data: bytes = b"") -> None:
+        self.send(wire.reply(rid, status, information, data))
+
+    def _hello(self) -> None:
+        pid, uid, gid = _peer_credentials(self.sock)
+        image, start, groups = _proc_facts(pid)
+        sysm = system.get()
+        proc = EPROCESS(pid, uid, gid, image, start_time=start, groups=groups,
+                        handle_limit=self.host.handle_limit)
+        proc.connection = self
+        self.process = proc
+        current.process = proc
+        with sysm.lock:
+            # one connection per program instance; a second one from the same
+            # process gets a process object of its own, keyed apart
+            key = pid
+            while key in sysm.processes:
+                key += 1 << 32
+            proc.key = key
+            sysm.processes[key] = proc
+            sysm.counters["connections"] += 1
+        self.send(self.proto.send(wire.welcome(os.getpid(), pid, self.host.max_payload)))
+
+    def _call(self, rid: int, payload) -> None:
+        try:
+            req = json.loads(bytes(payload) or b"{}")
+            fn = calls.get(req.get("method", ""))
+            if fn is None:
+                raise CallError(st.STATUS_NOT_IMPLEMENTED, f"unknown call {req.get('method')!r}")
+            result = fn(self, req.get("args") or {}, rid)
+            status = st.STATUS_SUCCESS
+            body = {"result": result}
+        except CallError as e:
+            status, body = e.status, {"message": str(e), "winerror": e.winerror}
+        except NtException as e:
+            status, body = e.status, {"message": str(e)}
+        except (ValueError, TypeError, KeyError) as e:
+            status, body = st.STATUS_INVALID_PARAMETER, {"message": f"bad call: {e}"}
+        except Exception as e:
+            dbg.fault("kernel call", e)
+            status, body = st.STATUS_INTERNAL_ERROR, {"message": f"internal error: {e!r}"}
+        self._reply(rid, status, 0, json.dumps(body).encode())
+
+    # -- rundown ---------------------------------------------------------------------
+
+    def rundown(self) -> None:
+        """The program is gone: cancel, unmap, close, forget (once)."""
+        with self._rundown_lock:
+            if self.rundown_done.is_set():
+                return
+            self.closed = True
+            proc = self.process
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+            for fd in self.proto.unclaimed_fds():
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            for sub in self.subscriptions:
+                dbg.unsubscribe(sub)
+            for slot in list(self.upcalls.values()):
+                ke.KeSetEvent(slot[0])
+            if proc is not None:
+                current.process = proc
+                current.connection = None
+                proc.exiting = True
+                for ident in list(self.dispatching):
+                    ke.alert_thread(ident)
+                try:
+                    self._rundown_process(proc)
+                except Exception as e:
+                    dbg.fault(f"rundown of pid {proc.pid}", e)
+                with system.get().lock:
+                    system.get().processes.pop(getattr(proc, "key", proc.pid), None)
+                for cb in list(self.host.exit_callbacks):
+                    try:
+                        cb(proc)
+                    except Exception as e:
+                        dbg.fault("process exit callback", e)
+            self.host.connections.discard(self)
+            self.rundown_done.set()
+
+    def _rundown_process(self, proc: EPROCESS) -> None:
+        if iofile.cancel_all(proc):
+            deadline = time.monotonic() + RUNDOWN_CANCEL_WAIT
+            while proc.pending and time.monotonic() < deadline:
+                time.sleep(0.005)
+            for irp in list(proc.pending):
+                dbg.emit(f"IRP {irp.rid} of pid {proc.pid} did not complete after cancel; abandoned",
+                         level="fault", source=getattr(irp.driver, "name", "kernel"))
+        mm_mdl.drop_views_of(proc)
+        for handle, entry in proc.handles.drain():
+            try:
+                release_entry(entry, proc)
+            except Exception as e:
+                dbg.fault(f"closing handle {handle:#x} of pid {proc.pid}", e)
+
+
+class KernelHost:
+    def __init__(self, socket_path: str, max_payload: int = wire.DEFAULT_MAX_PAYLOAD, handle_limit: int = 1 << 20):
+        self.socket_path = socket_path
+        self.max_payload = max_payload
+        self.handle_limit = handle_limit
+        self.listener: socket.socket | None = None
+        self.connections: set[ProgramConnection] = set()
+        self.exit_callbacks: list = []
+        self._stop = threading.Event()
+        self._accept_thread: threading.Thread | None = None
+
+    def bind(self) -> None:
+        path = self.socket_path
+        directory = os.path.dirname(path) or "."
+        os.makedirs(directory, mode=0o755, exist_ok=True)
+        if os.path.exists(path):
+            st_ = os.lstat(path)
+            if not stat.S_ISSOCK(st_.st_mode):
+                raise RuntimeError(f"{path} exists and is not a socket; refusing to replace it")
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(path)
+            except (ConnectionRefusedError, FileNotFoundError):
+                os.unlink(path)  # stale: nobody listens
+            else:
+                raise RuntimeError(f"another ringzero kernel is already listening on {path}")
+            finally:
+                probe.close()
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o111)  # connect needs write permission: rw for everyone; access is checked per object
+        try:
+            s.bind(path)
+        finally:
+            os.umask(old)
+        s.listen(512)
+        self.listener = s
+
+    def serve_forever(self) -> None:
+        assert self.listener is not None
+        lst = self.listener
+        while not self._stop.is_set():
+            try:
+                sock, _ = lst.accept()
+            except OSError:
+                if self._stop.is_set():
+                    break
+                continue
+            conn = ProgramConnection(self, sock)
+            self.connections.add(conn)
+            conn.start_reader()
+
+    def start_background(self) -> None:
+        self._accept_thread = threading.Thread(target=self.serve_forever, name="ringzero-accept", daemon=True)
+        self._accept_thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self.listener is not None:
+            try:
+                self.listener.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            self.listener.close()
+        for conn in list(self.connections):
+            try:
+                conn.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        for conn in list(self.connections):
+            conn.rundown_done.wait(timeout=RUNDOWN_CANCEL_WAIT + 5)
+        try:
+            os.unlink(self.socket_path)
+        except OSError:
+            pass

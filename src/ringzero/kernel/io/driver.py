@@ -1,0 +1,231 @@
+"""Loading and unloading drivers: DriverEntry, DriverUnload and the leak report.
+
+A driver is a Python module named by its image path: a file path (`x.py`) or
+a module name (`ringzero.drivers.example`).  Loading imports it afresh under a
+private name, builds a DRIVER_OBJECT, names it `\\Driver\\<service>` and calls
+`DriverEntry(DriverObject, RegistryPath)`.  A module that fails to import,
+has no DriverEntry, or whose DriverEntry fails or raises leaves nothing behind:
+whatever devices, links, pool and timers it made are taken back.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import itertools
+import os
+import sys
+import threading
+from dataclasses import dataclass, field
+
+from ringzero.kernel import dbg, system
+from ringzero.kernel.context import calling_driver, in_process
+from ringzero.kernel.io.device import IoDeleteDevice
+from ringzero.kernel.io.objects import DRIVER_OBJECT
+from ringzero.kernel.ke import timer
+from ringzero.kernel.mm import mdl as mm_mdl
+from ringzero.kernel.mm import pool
+from ringzero.kernel.ob import object as ob
+from ringzero.kernel.ob.namespace import ObjectError, SymbolicLink
+from ringzero.nt import status as st
+
+_counter = itertools.count(1)
+_load_lock = threading.RLock()
+
+
+class DriverLoadError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(slots=True)
+class Leak:
+    kind: str        # "device", "symbolic link", "pool", "timer", "mdl", "handle"
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.detail}"
+
+
+@dataclass(slots=True)
+class UnloadReport:
+    driver: str
+    leaks: list[Leak] = field(default_factory=list)
+    deferred: bool = False   # devices still had open handles; the unload completes when they close
+
+
+def _import(image: str, tag: str):
+    """A fresh copy of the module each load, so its globals start clean as a
+    newly loaded image's do."""
+    if image.endswith(".py") or os.sep in image:
+        path = os.path.abspath(image)
+        if not os.path.isfile(path):
+            raise DriverLoadError(st.STATUS_OBJECT_NAME_NOT_FOUND, f"driver image {path} does not exist")
+    else:
+        try:
+            spec = importlib.util.find_spec(image)
+        except (ImportError, ValueError):
+            spec = None
+        if spec is None or not spec.origin or not os.path.isfile(spec.origin):
+            raise DriverLoadError(st.STATUS_OBJECT_NAME_NOT_FOUND, f"no driver module named {image!r}")
+        path = spec.origin
+    spec = importlib.util.spec_from_file_location(f"ringzero_driver_{tag}_{next(_counter)}", path)
+    if spec is None or spec.loader is None:
+        raise DriverLoadError(st.STATUS_INVALID_IMAGE_FORMAT, f"{path} is not a Python module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(spec.name, None)
+        raise
+    return module
+
+
+def load_driver(service: str, image: str, registry_path: str | None = None) -> DRIVER_OBJECT:
+    """Import `image` and run its DriverEntry; the DRIVER_OBJECT on success."""
+    sysm = system.get()
+    with _load_lock:
+        if service.upper() in (k.upper() for k in sysm.drivers):
+            raise DriverLoadError(st.STATUS_IMAGE_ALREADY_LOADED, f"driver {service} is already loaded")
+        driver = DRIVER_OBJECT(service)
+        driver.image = image
+        driver.registry_path = registry_path or f"\\Registry\\Machine\\System\\CurrentControlSet\\Services\\{service}"
+        try:
+            with calling_driver(driver), in_process(sysm.system_process):
+                module = _import(image, service)
+        except DriverLoadError:
+            raise
+        except Exception as exc:
+            dbg.fault(f"import of {image}", exc, driver)
+            raise DriverLoadError(st.STATUS_DRIVER_UNABLE_TO_LOAD, f"{image} failed to import: {exc!r}") from exc
+        entry = getattr(module, "DriverEntry", None)
+        if not callable(entry):
+            raise DriverLoadError(st.STATUS_DRIVER_ENTRYPOINT_NOT_FOUND, f"{image} has no DriverEntry")
+        driver.module = module
+        try:
+            sysm.namespace.insert(f"\\Driver\\{service}", driver)
+        except ObjectError as e:
+            raise DriverLoadError(e.status, str(e)) from None
+        ob.reference(driver)
+        before_links = _links()
+        try:
+            with calling_driver(driver), in_process(sysm.system_process):
+                status = entry(driver, driver.registry_path)
+        except Exception as exc:
+            dbg.fault("DriverEntry", exc, driver)
+            _take_back(driver, before_links)
+            raise DriverLoadError(st.STATUS_DRIVER_INTERNAL_ERROR, f"DriverEntry of {service} raised {exc!r}") from exc
+        if not isinstance(status, int):
+            _take_back(driver, before_links)
+            raise DriverLoadError(st.STATUS_DRIVER_INTERNAL_ERROR, f"DriverEntry of {service} returned {status!r}, not an NTSTATUS")
+        status &= 0xFFFFFFFF
+        if not st.NT_SUCCESS(status):
+            _take_back(driver, before_links)
+            raise DriverLoadError(status, f"DriverEntry of {service} failed with {st.status_name(status)}")
+        driver.links = [p for p in _links() if p not in before_links]
+        for dev in driver.devices():
+            dev.Flags &= ~0x80  # DO_DEVICE_INITIALIZING: cleared for devices made in DriverEntry
+        sysm.drivers[service] = driver
+        dbg.emit(f"driver {service} loaded from {image}", source="kernel")
+        return driver
+
+
+def _links() -> set[str]:
+    ns = system.get().namespace
+    return {path for path, obj in ns.walk("\\??") if isinstance(obj, SymbolicLink)} | {
+        path for path, obj in ns.walk("\\") if isinstance(obj, SymbolicLink) and getattr(obj, "creator", None) is not None}
+
+
+def _created_links(driver) -> list[str]:
+    ns = system.get().namespace
+    return [path for path, obj in ns.walk("\\") if isinstance(obj, SymbolicLink) and getattr(obj, "creator", None) is driver]
+
+
+def _take_back(driver: DRIVER_OBJECT, before_links) -> None:
+    """Undo a failed load: nothing half-created may remain."""
+    for path in _created_links(driver):
+        try:
+            obj, _ = system.get().namespace.lookup(path, parse=False, follow_last=False)
+            ob.remove_name(obj)
+        except ObjectError:
+            pass
+    for dev in driver.devices():
+        IoDeleteDevice(dev)
+    for t in timer.live_timers_of(driver):
+        timer.KeCancelTimer(t)
+    pool.reclaim_driver(driver)
+    ob.remove_name(driver)
+
+
+def leaks_of(driver: DRIVER_OBJECT) -> list[Leak]:
+    out = []
+    for dev in driver.devices():
+        out.append(Leak("device", dev.object_name() or "(unnamed device)"))
+        if dev.Timer is not None and dev.Timer.token is not None:
+            out.append(Leak("timer", f"IoTimer of {dev.object_name() or 'an unnamed device'} still started"))
+    for path in _created_links(driver):
+        out.append(Leak("symbolic link", path))
+    for a in pool.live_blocks_of(driver):
+        out.append(Leak("pool", f"{a.size} bytes tagged {pool.tag_text(a.tag)!r}"))
+    for t in timer.live_timers_of(driver):
+        out.append(Leak("timer", "KTIMER still set" + (" with a DPC" if t.Dpc is not None else "")))
+    for m in mm_mdl.live_mdls_of(driver):
+        out.append(Leak("mdl", f"MDL of {m.ByteCount} bytes not freed"))
+    return out
+
+
+def unload_driver(driver: DRIVER_OBJECT) -> UnloadReport:
+    """ControlService(STOP): DriverUnload, then the leak report.  Devices that
+    still have open file objects keep the driver until they close."""
+    sysm = system.get()
+    report = UnloadReport(driver.name)
+    with _load_lock:
+        driver.unloading = True
+        unload = driver.DriverUnload
+        if unload is not None:
+            try:
+                with calling_driver(driver), in_process(sysm.system_process):
+                    unload(driver)
+            except Exception as exc:
+                dbg.fault("DriverUnload", exc, driver)
+        busy = _busy_devices(driver)
+        report.leaks = leaks_of(driver)
+        for leak in report.leaks:
+            dbg.emit(f"{driver.name}: leaked at unload: {leak}", level="leak", source=driver.name)
+        for path in _created_links(driver):
+            try:
+                obj, _ = sysm.namespace.lookup(path, parse=False, follow_last=False)
+                ob.remove_name(obj)
+            except ObjectError:
+                pass
+        for dev in driver.devices():
+            IoDeleteDevice(dev)
+        for t in timer.live_timers_of(driver):
+            timer.KeCancelTimer(t)
+        for dev in driver.devices():
+            if dev.Timer is not None:
+                dev.Timer.token = None
+        pool.reclaim_driver(driver)
+        driver.leaks = report.leaks
+        sysm.drivers.pop(driver.name, None)
+        ob.remove_name(driver)
+        report.deferred = bool(busy)
+        if not busy:
+            _forget_module(driver)
+        else:
+            driver.on_last_reference = lambda: None if _busy_devices(driver) else _forget_module(driver)
+        dbg.emit(f"driver {driver.name} unloaded" + (" (waiting for open handles to close)" if busy else ""), source="kernel")
+        return report
+
+
+def _busy_devices(driver) -> list:
+    """Devices, deleted or not, that file objects still have open."""
+    return [d for d in driver.all_devices if d.ReferenceCount]
+
+
+def _forget_module(driver) -> None:
+    mod = driver.module
+    if mod is not None:
+        sys.modules.pop(mod.__name__, None)

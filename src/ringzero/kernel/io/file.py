@@ -1,0 +1,500 @@
+"""The I/O manager's side of the program calls: open, close, read, write,
+device control and cancel, each turned into an IRP sent to the device stack.
+
+Every request completes through `_complete`, NT's IopCompleteRequest: the
+buffered copy-back (only `min(Information, length)` bytes, and nothing when
+the status is an error), the OVERLAPPED event, the IRP's reference on the file
+object, and the program's reply.
+"""
+
+from __future__ import annotations
+
+from ringzero.kernel import dbg, system, verifier
+from ringzero.kernel.context import calling_driver, current
+from ringzero.kernel.io.irp import IoCallDriver, IoCancelIrp, IoCompleteRequest
+from ringzero.kernel.io.objects import DEVICE_OBJECT, FILE_OBJECT, IO_SECURITY_CONTEXT, IRP
+from ringzero.kernel.ke import dispatcher as ke
+from ringzero.kernel.mm.mdl import mdl_for_buffer
+from ringzero.kernel.mm.user import AccessViolation, NtException, UserAddress
+from ringzero.kernel.ob import object as ob
+from ringzero.kernel.ob.handles import HandleError, release_entry
+from ringzero.kernel.ob.namespace import ObjectError, dos_to_nt
+from ringzero.kernel.se import security as se
+from ringzero.nt import access as acc
+from ringzero.nt import ioctl as ioc
+from ringzero.nt import irp as irpc
+from ringzero.nt import status as st
+
+FILE_MAPPING = acc.FILE_GENERIC_MAPPING
+IRP_MJ_CREATE = irpc.IRP_MJ_CREATE
+IRP_MJ_CLOSE = irpc.IRP_MJ_CLOSE
+IRP_MJ_CLEANUP = irpc.IRP_MJ_CLEANUP
+IRP_MJ_READ = irpc.IRP_MJ_READ
+IRP_MJ_WRITE = irpc.IRP_MJ_WRITE
+IRP_MJ_DEVICE_CONTROL = irpc.IRP_MJ_DEVICE_CONTROL
+
+_KIND_BUFFERED, _KIND_DIRECT, _KIND_NEITHER, _KIND_CREATE, _KIND_INTERNAL, _KIND_CLOSE = range(6)
+
+
+class Reply:
+    """Where a request's answer goes.  The host implements it for programs;
+    `Waiter` below serves the kernel's own synchronous IRPs."""
+
+    def complete(self, irp: IRP, status: int, information: int, data) -> None:
+        raise NotImplementedError
+
+    def pending(self, irp: IRP) -> None:
+        pass
+
+
+class Waiter(Reply):
+    __slots__ = ("event", "status", "information")
+
+    def __init__(self):
+        self.event = ke.KEVENT(ke.NotificationEvent, False)
+        self.status = st.STATUS_PENDING
+        self.information = 0
+
+    def complete(self, irp, status, information, data):
+        self.status, self.information = status, information
+        ke.KeSetEvent(self.event)
+
+    def wait(self) -> int:
+        ke.wait([self.event], False, None)
+        return self.status
+
+
+# -- building and sending IRPs -----------------------------------------------
+
+def _new_irp(fo: FILE_OBJECT, major: int, process, reply: Reply, rid: int = 0, tid: int = 0,
+             overlapped: bool = False) -> IRP:
+    dev = fo.DeviceObject.top_of_stack()
+    irp = IRP(dev.StackSize)
+    irp.major = major
+    irp.process = process
+    irp.file = fo
+    irp.rid = rid
+    irp.tid = tid
+    irp.overlapped = overlapped
+    irp.Tail.Overlay.Thread = tid
+    irp.RequestorMode = 0 if process is None or process.is_system else 1
+    irp.on_complete = _complete
+    irp.Tail.Overlay.DriverContext[3] = reply
+    loc = irp.Stack[0]
+    loc.MajorFunction = major
+    loc.FileObject = fo
+    return irp
+
+
+def _send(irp: IRP) -> None:
+    """Hand `irp` to the top of its device stack and enforce NT's contract on
+    what the dispatch routine returns."""
+    fo = irp.file
+    dev = fo.DeviceObject.top_of_stack()
+    ob.reference(fo)  # the IRP's reference, dropped in _complete
+    proc = irp.process
+    if proc is not None:
+        with proc.lock:
+            proc.pending.add(irp)
+    try:
+        status = IoCallDriver(dev, irp)
+    except Exception as exc:
+        status = _dispatch_fault(irp, exc)
+    if irp.completed:
+        if status == st.STATUS_PENDING and verifier.enabled and not irp.PendingReturned:
+            verifier.violation(verifier.IRP_NOT_MARKED_PENDING, driver=dev.DriverObject, raise_it=False)
+        return
+    if status != st.STATUS_PENDING:
+        verifier.violation(verifier.IRP_NOT_COMPLETED, f"returned {st.status_name(status)}",
+                           driver=dev.DriverObject, raise_it=False)
+        irp.IoStatus.Status = status
+        irp.CancelRoutine = None
+        IoCompleteRequest(irp)
+        return
+    if verifier.enabled and irp.CurrentLocation >= 0 and not (irp.Stack[irp.CurrentLocation].Control & irpc.SL_PENDING_RETURNED):
+        verifier.violation(verifier.IRP_NOT_MARKED_PENDING, driver=dev.DriverObject, raise_it=False)
+    irp.Tail.Overlay.DriverContext[3].pending(irp)
+
+
+def _dispatch_fault(irp: IRP, exc: Exception) -> int:
+    driver = irp.driver
+    if isinstance(exc, NtException):
+        status = exc.status
+        dbg.emit(f"{getattr(driver, 'name', '?')}: unhandled exception {st.status_name(status)} in dispatch: {exc}",
+                 level="fault", source=getattr(driver, "name", "kernel"))
+        if driver is not None:
+            driver.note_fault()
+    else:
+        dbg.fault(f"dispatch routine for {irpc.IRP_MJ_NAMES[irp.major]}", exc, driver)
+        status = st.STATUS_DRIVER_INTERNAL_ERROR if not isinstance(exc, verifier.DriverBugcheck) else st.STATUS_DRIVER_INTERNAL_ERROR
+    if not irp.completed:
+        irp.CancelRoutine = None
+        irp.IoStatus.Status = status
+        irp.IoStatus.Information = 0
+        try:
+            IoCompleteRequest(irp)
+        except verifier.DriverBugcheck:
+            pass
+    return status
+
+
+def _complete(irp: IRP) -> None:
+    """IopCompleteRequest: runs once per IRP, in whatever thread completed it."""
+    status = irp.IoStatus.Status & 0xFFFFFFFF
+    info = irp.IoStatus.Information
+    kind = irp.Tail.Overlay.DriverContext[2]
+    data = b""
+    if kind == _KIND_BUFFERED or kind == _KIND_DIRECT:
+        n = irp.out_length
+        if info > n and verifier.enabled:
+            verifier.violation(verifier.INFORMATION_TOO_LARGE, f"Information {info} > buffer {n}",
+                               driver=irp.driver, raise_it=False)
+        if not st.NT_ERROR(status) and n:
+            info = min(info, n)
+            src = irp.AssociatedIrp.SystemBuffer if kind == _KIND_BUFFERED else irp.MdlAddress.MappedSystemVa
+            data = bytes(memoryview(src)[:info]) if src is not None else b""
+        elif not st.NT_ERROR(status):
+            info = 0 if irp.major in (IRP_MJ_READ, IRP_MJ_DEVICE_CONTROL) else info
+    fo = irp.file
+    if irp.major in (IRP_MJ_READ, IRP_MJ_WRITE) and fo.synchronous and st.NT_SUCCESS(status):
+        fo.CurrentByteOffset = irp.Stack[0].Parameters.ByteOffset + info
+    proc = irp.process
+    if proc is not None:
+        with proc.lock:
+            proc.pending.discard(irp)
+    ev = irp.user_event_obj
+    reply = irp.Tail.Overlay.DriverContext[3]
+    try:
+        reply.complete(irp, status, info, data)
+    finally:
+        if ev is not None:
+            ke.KeSetEvent(ev)
+            ob.dereference(ev)
+        if kind != _KIND_CLOSE:  # the object is already on its way out
+            ob.dereference(fo)
+
+
+# -- open ----------------------------------------------------------------------
+
+class _CreateReply(Reply):
+    """Turns the create IRP's completion into a handle in the program's table."""
+
+    __slots__ = ("outer", "access", "inherit")
+
+    def __init__(self, outer: Reply, access: int, inherit: bool):
+        self.outer, self.access, self.inherit = outer, access, inherit
+
+    def complete(self, irp, status, information, data):
+        fo = irp.file
+        handle = 0
+        if st.NT_SUCCESS(status):
+            fo.opened = True
+            try:
+                handle = irp.process.handles.insert(fo, self.access, self.inherit)
+            except HandleError as e:
+                status = e.status
+                # the driver accepted the open: it gets its cleanup now, its close
+                # when the IRP's reference goes
+                _file_last_handle(fo, irp.process)
+        self.outer.complete(irp, status, handle, b"")
+
+    def pending(self, irp):
+        self.outer.pending(irp)
+
+
+def open_file(process, path: str, desired_access: int, share: int, disposition: int, flags: int,
+              reply: Reply, rid: int = 0, tid: int = 0) -> None:
+    """NtCreateFile on a device: look up, check access, send IRP_MJ_CREATE."""
+    try:
+        nt_path = dos_to_nt(path)
+        obj, rest = system.get().namespace.lookup(nt_path)
+    except ObjectError as e:
+        reply.complete(None, e.status, 0, b"")
+        return
+    if not isinstance(obj, DEVICE_OBJECT):
+        reply.complete(None, st.STATUS_OBJECT_TYPE_MISMATCH if not rest else st.STATUS_OBJECT_PATH_NOT_FOUND, 0, b"")
+        return
+    device = obj
+    driver = device.DriverObject
+    if device.deleted or driver.unloading:
+        reply.complete(None, st.STATUS_DELETE_PENDING, 0, b"")
+        return
+    if driver.faulted:
+        reply.complete(None, st.STATUS_DRIVER_INTERNAL_ERROR, 0, b"")
+        return
+    if device.Flags & irpc.DO_DEVICE_INITIALIZING:
+        reply.complete(None, st.STATUS_NO_SUCH_DEVICE, 0, b"")
+        return
+    check = not rest or device.Characteristics & ioc.FILE_DEVICE_SECURE_OPEN
+    try:
+        if check:
+            granted = se.access_check(device.security, process, desired_access, FILE_MAPPING)
+        else:
+            granted = acc.map_generic(desired_access & ~acc.MAXIMUM_ALLOWED, FILE_MAPPING) | (
+                acc.FILE_ALL_ACCESS if desired_access & acc.MAXIMUM_ALLOWED else 0)
+    except se.AccessDenied:
+        reply.complete(None, st.STATUS_ACCESS_DENIED, 0, b"")
+        return
+    with device.lock:
+        if device.Flags & irpc.DO_EXCLUSIVE and device.ReferenceCount:
+            reply.complete(None, st.STATUS_ACCESS_DENIED, 0, b"")
+            return
+        device.ReferenceCount += 1
+    ob.reference(device)
+    fo = FILE_OBJECT(device, rest)
+    fo.process = process
+    fo.synchronous = not (flags & irpc.FILE_FLAG_OVERLAPPED)
+    fo.granted = granted
+    ob.reference(fo)  # the creator's reference, dropped below once the handle holds one
+    irp = _new_irp(fo, IRP_MJ_CREATE, process, _CreateReply(reply, granted, False), rid, tid)
+    irp.Tail.Overlay.DriverContext[2] = _KIND_CREATE
+    p = irp.Stack[0].Parameters
+    p.SecurityContext = IO_SECURITY_CONTEXT(granted)
+    p.ShareAccess = share
+    p.Options = (_disposition(disposition) << 24) | (flags & 0x00FFFFFF & ~irpc.FILE_FLAG_OVERLAPPED)
+    p.FileAttributes = flags & 0xFFFF
+    _send(irp)
+    ob.dereference(fo)
+
+
+def _disposition(win32: int) -> int:
+    return {irpc.CREATE_NEW: irpc.FILE_CREATE, irpc.CREATE_ALWAYS: irpc.FILE_OVERWRITE_IF,
+            irpc.OPEN_EXISTING: irpc.FILE_OPEN, irpc.OPEN_ALWAYS: irpc.FILE_OPEN_IF,
+            irpc.TRUNCATE_EXISTING: irpc.FILE_OVERWRITE}.get(win32, irpc.FILE_OPEN)
+
+
+def _file_last_handle(fo: FILE_OBJECT, process) -> None:
+    """IRP_MJ_CLEANUP, in the context of the process closing the last handle."""
+    if not fo.opened or fo.cleaned_up:
+        return
+    fo.cleaned_up = True
+    w = Waiter()
+    irp = _new_irp(fo, IRP_MJ_CLEANUP, process, w)
+    irp.Tail.Overlay.DriverContext[2] = _KIND_INTERNAL
+    _send(irp)
+    w.wait()
+
+
+def _file_delete(fo: FILE_OBJECT) -> None:
+    """IRP_MJ_CLOSE when the last reference goes; then the device's count."""
+    device = fo.DeviceObject
+    try:
+        if fo.opened and not fo.closed:
+            fo.closed = True
+            w = Waiter()
+            irp = _new_irp(fo, IRP_MJ_CLOSE, None, w)
+            irp.Tail.Overlay.DriverContext[2] = _KIND_CLOSE
+            with calling_driver(device.DriverObject):
+                _send_close(irp)
+            w.wait()
+    finally:
+        with device.lock:
+            device.ReferenceCount -= 1
+        ob.dereference(device)
+        _maybe_finish_unload(device.DriverObject)
+
+
+def _send_close(irp: IRP) -> None:
+    fo = irp.file
+    dev = fo.DeviceObject.top_of_stack()
+    try:
+        status = IoCallDriver(dev, irp)
+    except Exception as exc:
+        status = _dispatch_fault(irp, exc)
+    if not irp.completed and status != st.STATUS_PENDING:
+        verifier.violation(verifier.IRP_NOT_COMPLETED, "IRP_MJ_CLOSE", driver=dev.DriverObject, raise_it=False)
+        irp.IoStatus.Status = status
+        IoCompleteRequest(irp)
+
+
+def _maybe_finish_unload(driver) -> None:
+    hook = getattr(driver, "on_last_reference", None)
+    if hook is not None and driver.unloading:
+        hook()
+
+
+FILE_OBJECT.on_last_handle = lambda self, process: _file_last_handle(self, process)
+FILE_OBJECT.on_delete = lambda self: _file_delete(self)
+
+
+# -- handles --------------------------------------------------------------------
+
+def close_handle(process, handle: int) -> int:
+    try:
+        entry = process.handles.remove(handle)
+    except HandleError as e:
+        return e.status
+    release_entry(entry, process)
+    return st.STATUS_SUCCESS
+
+
+def reference_handle(process, handle: int, type_name: str | None, desired: int = 0):
+    """ObReferenceObjectByHandle for a program's handle: (object, granted)."""
+    try:
+        e = process.handles.get(handle)
+    except HandleError as err:
+        raise NtException(err.status, str(err)) from None
+    if type_name is not None and e.obj.type_name != type_name:
+        raise NtException(st.STATUS_OBJECT_TYPE_MISMATCH, f"handle {handle:#x} is a {e.obj.type_name}, not a {type_name}")
+    if desired and desired & ~e.access:
+        raise NtException(st.STATUS_ACCESS_DENIED, f"handle {handle:#x} was not opened for access {desired & ~e.access:#x}")
+    return ob.reference(e.obj), e.access
+
+
+# -- read, write, device control ------------------------------------------------------
+
+def _file_for(process, handle: int, need: int, reply: Reply):
+    try:
+        e = process.handles.get(handle)
+    except HandleError as err:
+        reply.complete(None, err.status, 0, b"")
+        return None
+    if e.obj.type_name != "File":
+        reply.complete(None, st.STATUS_OBJECT_TYPE_MISMATCH, 0, b"")
+        return None
+    if need and not e.access & need:
+        reply.complete(None, st.STATUS_ACCESS_DENIED, 0, b"")
+        return None
+    return e.obj
+
+
+def _user_event(process, event_handle: int, reply: Reply):
+    """The OVERLAPPED event: referenced, and reset, as the I/O manager does at issue."""
+    if not event_handle:
+        return True, None
+    try:
+        ev, _ = reference_handle(process, event_handle, "Event", acc.EVENT_MODIFY_STATE)
+    except NtException as e:
+        reply.complete(None, e.status, 0, b"")
+        return False, None
+    ke.KeClearEvent(ev)
+    return True, ev
+
+
+def device_io_control(process, handle: int, code: int, in_data, out_length: int, in_addr: int, out_addr: int,
+                      event: int, reply: Reply, rid: int = 0, tid: int = 0, overlapped: bool = False,
+                      out_data=None) -> None:
+    fo = _file_for(process, handle, 0, reply)
+    if fo is None:
+        return
+    need = ioc.ACCESS_FROM_CTL_CODE(code)
+    granted = process.handles.get(handle).access
+    if ((need & ioc.FILE_READ_ACCESS and not granted & acc.FILE_READ_DATA)
+            or (need & ioc.FILE_WRITE_ACCESS and not granted & acc.FILE_WRITE_DATA)):
+        reply.complete(None, st.STATUS_ACCESS_DENIED, 0, b"")
+        return
+    ok, ev = _user_event(process, event, reply)
+    if not ok:
+        return
+    irp = _new_irp(fo, IRP_MJ_DEVICE_CONTROL, process, reply, rid, tid, overlapped)
+    irp.user_event_obj = ev
+    in_length = len(in_data) if in_addr == 0 or in_data else 0
+    method = code & 3
+    p = irp.Stack[0].Parameters
+    p.IoControlCode = code
+    p.OutputBufferLength = out_length
+    irp.out_length = out_length
+    if method == ioc.METHOD_NEITHER:
+        irp.Tail.Overlay.DriverContext[2] = _KIND_NEITHER
+        pid = process.pid
+        p.InputBufferLength = len(in_data) if in_data is not None else 0
+        p.Type3InputBuffer = UserAddress(in_addr, pid, p.InputBufferLength) if in_addr else None
+        irp.UserBuffer = UserAddress(out_addr, pid, out_length) if out_addr else None
+    elif method == ioc.METHOD_BUFFERED:
+        irp.Tail.Overlay.DriverContext[2] = _KIND_BUFFERED
+        p.InputBufferLength = in_length
+        size = max(in_length, out_length)
+        if size:
+            buf = bytearray(size)
+            buf[:in_length] = in_data
+            irp.AssociatedIrp.SystemBuffer = buf
+    else:
+        irp.Tail.Overlay.DriverContext[2] = _KIND_DIRECT
+        p.InputBufferLength = in_length
+        if in_length:
+            irp.AssociatedIrp.SystemBuffer = bytearray(in_data)
+        if out_length:
+            out = bytearray(out_length)
+            if method == ioc.METHOD_IN_DIRECT and out_data:
+                out[:len(out_data)] = out_data
+            irp.MdlAddress = mdl_for_buffer(out)
+    _send(irp)
+
+
+def read_file(process, handle: int, length: int, offset: int, buf_addr: int, event: int, reply: Reply,
+              rid: int = 0, tid: int = 0, overlapped: bool = False) -> None:
+    fo = _file_for(process, handle, acc.FILE_READ_DATA, reply)
+    if fo is None:
+        return
+    ok, ev = _user_event(process, event, reply)
+    if not ok:
+        return
+    irp = _new_irp(fo, IRP_MJ_READ, process, reply, rid, tid, overlapped)
+    irp.user_event_obj = ev
+    p = irp.Stack[0].Parameters
+    p.Length = length
+    p.ByteOffset = fo.CurrentByteOffset if offset < 0 else offset
+    irp.out_length = length
+    _attach_buffer(irp, fo, bytearray(length), buf_addr, process)
+    _send(irp)
+
+
+def write_file(process, handle: int, data, offset: int, buf_addr: int, event: int, reply: Reply,
+               rid: int = 0, tid: int = 0, overlapped: bool = False) -> None:
+    fo = _file_for(process, handle, acc.FILE_WRITE_DATA | acc.FILE_APPEND_DATA, reply)
+    if fo is None:
+        return
+    ok, ev = _user_event(process, event, reply)
+    if not ok:
+        return
+    irp = _new_irp(fo, IRP_MJ_WRITE, process, reply, rid, tid, overlapped)
+    irp.user_event_obj = ev
+    p = irp.Stack[0].Parameters
+    p.Length = len(data)
+    p.ByteOffset = fo.CurrentByteOffset if offset < 0 else offset
+    _attach_buffer(irp, fo, bytearray(data), buf_addr, process)
+    irp.Tail.Overlay.DriverContext[2] = _KIND_INTERNAL  # a write copies nothing back
+    _send(irp)
+
+
+def _attach_buffer(irp: IRP, fo: FILE_OBJECT, buf: bytearray, addr: int, process) -> None:
+    flags = fo.DeviceObject.top_of_stack().Flags
+    if flags & irpc.DO_BUFFERED_IO:
+        irp.AssociatedIrp.SystemBuffer = buf
+        irp.Tail.Overlay.DriverContext[2] = _KIND_BUFFERED
+    elif flags & irpc.DO_DIRECT_IO:
+        irp.MdlAddress = mdl_for_buffer(buf)
+        irp.Tail.Overlay.DriverContext[2] = _KIND_DIRECT
+    else:
+        irp.UserBuffer = UserAddress(addr, process.pid, len(buf)) if addr else None
+        irp.Tail.Overlay.DriverContext[2] = _KIND_NEITHER
+
+
+def cancel_io(process, handle: int, tid: int, rid: int = 0, any_thread: bool = False) -> int:
+    """CancelIo (this thread's requests on the handle) / CancelIoEx (any thread's,
+    or the one request `rid`)."""
+    try:
+        fo = process.handles.get(handle).obj
+    except HandleError as e:
+        return e.status
+    with process.lock:
+        targets = [i for i in process.pending if i.file is fo and (any_thread or i.tid == tid)
+                   and (not rid or i.rid == rid)]
+    for irp in targets:
+        IoCancelIrp(irp)
+    if any_thread and not targets:
+        return st.STATUS_NOT_FOUND
+    return st.STATUS_SUCCESS
+
+
+def cancel_all(process) -> int:
+    """Rundown's first step: cancel every IRP the process has outstanding."""
+    with process.lock:
+        targets = list(process.pending)
+    for irp in targets:
+        IoCancelIrp(irp)
+    return len(targets)
+
+
+def touch_access_violation() -> type:
+    return AccessViolation

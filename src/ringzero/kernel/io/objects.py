@@ -1,0 +1,276 @@
+"""The I/O manager's objects: DRIVER_OBJECT, DEVICE_OBJECT, FILE_OBJECT, IRP.
+
+Field names are the DDK's, so a driver reads like its C original.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from ringzero.kernel.ke.dispatcher import KEVENT, NotificationEvent, SynchronizationEvent
+from ringzero.kernel.ob.object import ObjectHeader
+from ringzero.nt import irp as irpc
+
+IRP_MJ_MAXIMUM_FUNCTION = irpc.IRP_MJ_MAXIMUM_FUNCTION
+
+
+class DRIVER_OBJECT(ObjectHeader):
+    """Invariant: `DeviceObject` heads the singly linked list (through
+    NextDevice) of every device this driver created and has not deleted."""
+
+    type_name = "Driver"
+
+    def __init__(self, name: str, module=None):
+        self.DriverName = "\\Driver\\" + name
+        self.service_name = name
+        self.module = module
+        self.DeviceObject = None
+        self.all_devices: list = []   # every device ever created, for the deferred unload
+        self.MajorFunction: list = [None] * (IRP_MJ_MAXIMUM_FUNCTION + 1)
+        self.DriverUnload = None
+        self.DriverStartIo = None
+        self.DriverExtension = None
+        self.DriverSection = None
+        self.Flags = 0
+        self.permanent = True
+        self.faults = 0
+        self.fault_limit = 0     # 0: never mark faulted
+        self.faulted = False
+        self.unloading = False
+        self.counters = {"irps": 0}
+
+    @property
+    def name(self) -> str:  # ObjectHeader's name is the namespace leaf
+        return self.service_name
+
+    @name.setter
+    def name(self, value: str) -> None:
+        self.service_name = value
+
+    def devices(self) -> list:
+        out, dev = [], self.DeviceObject
+        while dev is not None:
+            out.append(dev)
+            dev = dev.NextDevice
+        return out
+
+    def note_fault(self) -> None:
+        self.faults += 1
+        if self.fault_limit and self.faults >= self.fault_limit:
+            self.faulted = True
+
+
+class SHARE_ACCESS:
+    __slots__ = ("OpenCount", "Readers", "Writers", "Deleters", "SharedRead", "SharedWrite", "SharedDelete")
+
+    def __init__(self):
+        self.OpenCount = self.Readers = self.Writers = self.Deleters = 0
+        self.SharedRead = self.SharedWrite = self.SharedDelete = 0
+
+
+class DEVICE_OBJECT(ObjectHeader):
+    """Invariant: `ReferenceCount` counts FILE_OBJECTs open on this device (an
+    exclusive device allows one); `AttachedDevice` is the device above this one
+    in its stack, None at the top."""
+
+    type_name = "Device"
+    parses_names = True
+
+    def __init__(self, DriverObject, DeviceExtensionSize: int, DeviceType: int, Characteristics: int, Exclusive: bool):
+        self.DriverObject = DriverObject
+        self.NextDevice = None
+        self.AttachedDevice = None
+        self.lower_device = None
+        self.DeviceType = DeviceType
+        self.Characteristics = Characteristics
+        self.Flags = irpc.DO_DEVICE_INITIALIZING | (irpc.DO_EXCLUSIVE if Exclusive else 0)
+        self.StackSize = 1
+        self.AlignmentRequirement = 0
+        self.ReferenceCount = 0
+        self.DeviceExtension = bytearray(DeviceExtensionSize) if DeviceExtensionSize else None
+        self.Timer = None
+        self.DeviceQueue = None
+        self.deleted = False
+        self.permanent = True
+        self.lock = threading.Lock()
+
+    def top_of_stack(self) -> DEVICE_OBJECT:
+        dev = self
+        while dev.AttachedDevice is not None:
+            dev = dev.AttachedDevice
+        return dev
+
+
+class FILE_OBJECT(ObjectHeader):
+    """Invariant: every handle and every outstanding IRP holds a reference; the
+    last handle's close sends IRP_MJ_CLEANUP, the last reference IRP_MJ_CLOSE."""
+
+    type_name = "File"
+
+    def __init__(self, DeviceObject, FileName: str):
+        self.DeviceObject = DeviceObject
+        self.FileName = FileName
+        self.FsContext = None
+        self.FsContext2 = None
+        self.CurrentByteOffset = 0
+        self.Flags = 0
+        self.ReadAccess = self.WriteAccess = self.DeleteAccess = False
+        self.SharedRead = self.SharedWrite = self.SharedDelete = False
+        self.RelatedFileObject = None
+        self.FinalStatus = 0
+        self.Event = KEVENT(NotificationEvent, False)
+        self.synchronous = True
+        self.opened = False       # IRP_MJ_CREATE succeeded
+        self.cleaned_up = False
+        self.closed = False
+        self.process = None       # the process that opened it (for rundown bookkeeping)
+
+    @property
+    def dispatcher(self):
+        return self.Event
+
+
+class _Params:
+    """Parameters.Create / Read / Write / DeviceIoControl: one object answers to
+    all the unions' names, as the fields do not overlap in meaning."""
+
+    __slots__ = ("IoControlCode", "InputBufferLength", "OutputBufferLength", "Type3InputBuffer",
+                 "Length", "ByteOffset", "Key", "Options", "ShareAccess", "FileAttributes",
+                 "EaLength", "SecurityContext")
+
+    def __init__(self):
+        self.IoControlCode = 0
+        self.InputBufferLength = 0
+        self.OutputBufferLength = 0
+        self.Type3InputBuffer = None
+        self.Length = 0
+        self.ByteOffset = 0
+        self.Key = 0
+        self.Options = 0
+        self.ShareAccess = 0
+        self.FileAttributes = 0
+        self.EaLength = 0
+        self.SecurityContext = None
+
+    @property
+    def DeviceIoControl(self):
+        return self
+
+    Read = Write = Create = Others = DeviceIoControl
+
+
+class IO_SECURITY_CONTEXT:
+    __slots__ = ("DesiredAccess", "AccessState")
+
+    def __init__(self, DesiredAccess: int):
+        self.DesiredAccess = DesiredAccess
+        self.AccessState = None
+
+
+class IO_STACK_LOCATION:
+    __slots__ = ("MajorFunction", "MinorFunction", "Flags", "Control", "Parameters", "DeviceObject",
+                 "FileObject", "CompletionRoutine", "Context")
+
+    def __init__(self):
+        self.MajorFunction = 0
+        self.MinorFunction = 0
+        self.Flags = 0
+        self.Control = 0
+        self.Parameters = _Params()
+        self.DeviceObject = None
+        self.FileObject = None
+        self.CompletionRoutine = None
+        self.Context = None
+
+    def copy_from(self, other: IO_STACK_LOCATION) -> None:
+        self.MajorFunction = other.MajorFunction
+        self.MinorFunction = other.MinorFunction
+        self.Flags = other.Flags
+        self.FileObject = other.FileObject
+        p, q = self.Parameters, other.Parameters
+        for f in _Params.__slots__:
+            setattr(p, f, getattr(q, f))
+
+
+class IO_STATUS_BLOCK:
+    __slots__ = ("Status", "Information")
+
+    def __init__(self):
+        self.Status = 0
+        self.Information = 0
+
+    @property
+    def Pointer(self):
+        return self.Status
+
+
+class _Associated:
+    __slots__ = ("SystemBuffer", "MasterIrp", "IrpCount")
+
+    def __init__(self):
+        self.SystemBuffer = None
+        self.MasterIrp = None
+        self.IrpCount = 0
+
+
+class _Overlay:
+    __slots__ = ("Thread", "ListEntry", "DriverContext", "CurrentStackLocation")
+
+    def __init__(self):
+        self.Thread = 0
+        self.ListEntry = None
+        self.DriverContext = [None, None, None, None]
+        self.CurrentStackLocation = None
+
+
+class _Tail:
+    __slots__ = ("Overlay",)
+
+    def __init__(self):
+        self.Overlay = _Overlay()
+
+
+class IRP:
+    """Who owns an IRP: the I/O manager builds it and hands it to the top
+    driver with IoCallDriver; from then the driver that holds it owns it until
+    it calls IoCompleteRequest (or passes it down).  After completion nobody may
+    touch it (`completed` is set and the verifier names the culprit).  While a
+    cancel routine is set, IoCancelIrp may take it back at any moment."""
+
+    __slots__ = ("Type", "StackCount", "CurrentLocation", "Stack", "IoStatus", "AssociatedIrp", "MdlAddress",
+                 "UserBuffer", "RequestorMode", "PendingReturned", "Cancel", "CancelIrql", "CancelRoutine",
+                 "Flags", "Tail", "UserEvent", "completed", "process", "file", "rid", "tid", "overlapped",
+                 "on_complete", "reply_sent", "major", "user_event_obj", "out_length", "driver", "__weakref__")
+
+    def __init__(self, StackSize: int):
+        self.Type = 6
+        self.StackCount = StackSize
+        self.Stack = [IO_STACK_LOCATION() for _ in range(StackSize)]
+        self.CurrentLocation = -1   # index into Stack; -1 until IoCallDriver
+        self.IoStatus = IO_STATUS_BLOCK()
+        self.AssociatedIrp = _Associated()
+        self.MdlAddress = None
+        self.UserBuffer = None
+        self.RequestorMode = 1
+        self.PendingReturned = False
+        self.Cancel = False
+        self.CancelIrql = 0
+        self.CancelRoutine = None
+        self.Flags = 0
+        self.Tail = _Tail()
+        self.UserEvent = None
+        self.completed = False
+        self.process = None
+        self.file = None
+        self.rid = 0
+        self.tid = 0
+        self.overlapped = False
+        self.on_complete = None
+        self.reply_sent = False
+        self.major = 0
+        self.user_event_obj = None
+        self.out_length = 0
+        self.driver = None
+
+
+KEVENT_SYNC = SynchronizationEvent
