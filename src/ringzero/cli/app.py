@@ -1,0 +1,41 @@
+"""The `ringzero` command group: the kernel, the tools driver developers know from
+Windows (sc, obj, handles, poolmon, dbgview), the seed samples and the demo."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ringzero import paths
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="ringzero")
+def main() -> None:
+    """Windows kernel drivers and the programs that talk to them, in Python, on Linux.
+
+    Start a kernel with `ringzero kernel`, then run programs against it; or run
+    `ringzero demo` to see the seed systems work with nothing else running.
+    Programs and tools find the kernel through $RINGZERO_SOCKET, else the
+    per-user default socket.
+    """
+
+
+@main.command()
+@click.option("--socket", "socket_path", metavar="PATH",
+              help=f"Unix socket to listen on (default: ${paths.ENV_SOCKET}, else {paths.default_socket_path()}).")
+@click.option("--load", "loads", multiple=True, metavar="PATH_OR_MODULE",
+              help="Load a driver at start (a .py file or a module name); the service name is its stem. Repeatable.")
+@click.option("--state", "state_dir", metavar="DIR",
+              help=f"Where the service database lives (default: ${paths.ENV_STATE}, else {paths.default_state_dir()}).")
+@click.option("--verbose", "-v", is_flag=True, help="Also print the debug log (DbgPrint) on stderr.")
+def kernel(socket_path, loads, state_dir, verbose) -> None:
+    """Run the kernel host in the foreground until Ctrl-C / SIGTERM.
+
+    Drivers' DriverUnload runs for each loaded driver at shutdown, and the
+    socket is removed.  A second kernel on a live socket refuses to start; a
+    stale socket file is reclaimed.
+    """
+    from ringzero.kernel.boot import run
+    sys.exit(run(socket_path, list(loads), state_dir, verbose))
