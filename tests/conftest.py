@@ -59,18 +59,14 @@ class KernelProcess:
 
     def run(self, code: str, timeout: float = 60, check: bool = True, user: str | None = None, **kw):
         """Run `code` as a separate program process; CompletedProcess (text)."""
-        cmd = [sys.executable, "-c", textwrap.dedent(code)]
-        if user is not None:
-            cmd = as_user(user) + cmd
+        cmd = (as_user(user) if user is not None else [sys.executable]) + ["-c", textwrap.dedent(code)]
         r = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=timeout, **kw)
         if check and r.returncode != 0:
             raise AssertionError(f"program failed ({r.returncode}):\nstdout:\n{r.stdout}\nstderr:\n{r.stderr}\nkernel log:\n{self.log()[-4000:]}")
         return r
 
     def spawn(self, code: str, user: str | None = None, **kw) -> subprocess.Popen:
-        cmd = [sys.executable, "-c", textwrap.dedent(code)]
-        if user is not None:
-            cmd = as_user(user) + cmd
+        cmd = (as_user(user) if user is not None else [sys.executable]) + ["-c", textwrap.dedent(code)]
         kw.setdefault("stdout", subprocess.PIPE)
         kw.setdefault("stderr", subprocess.PIPE)
         return subprocess.Popen(cmd, env=self.env, text=True, **kw)
@@ -95,11 +91,32 @@ class KernelProcess:
         self._log.close()
 
 
+_python_for: dict[str, str] = {}
+
+
 def as_user(user: str) -> list[str]:
-    """A command prefix that runs as `user` (name or uid) with its own group."""
+    """A command prefix that runs a Python program as `user` (name or uid) with
+    its own group: setpriv plus a Python >= 3.11 that user can run and that can
+    import ringzero's program side from this checkout.  Skips the test, saying
+    why, where there is none (not root, no setpriv, an unreadable checkout)."""
     import pwd
+    import shutil
+    if os.geteuid() != 0:
+        pytest.skip("running a program as another user needs root")
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv (util-linux) is not installed")
     pw = pwd.getpwnam(user) if not str(user).isdigit() else pwd.getpwuid(int(user))
-    return ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--clear-groups"]
+    prefix = ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--clear-groups"]
+    if user not in _python_for:
+        probe = "import sys, ringzero.win32.win32file; assert sys.version_info >= (3, 11)"
+        env = {"PYTHONPATH": SRC, "PATH": os.environ.get("PATH", "")}
+        for py in (sys.executable, "/usr/bin/python3", "/usr/local/bin/python3"):
+            if os.path.exists(py) and subprocess.run(prefix + [py, "-c", probe], env=env, capture_output=True).returncode == 0:
+                _python_for[user] = py
+                break
+        else:
+            pytest.skip(f"no Python >= 3.11 that user {user} can run can import this checkout")
+    return prefix + [_python_for[user]]
 
 
 @pytest.fixture

@@ -150,8 +150,12 @@ def test_status_name():
 
 
 def test_ctl_code_of_the_seed_ioctl():
-    code = ioctl.CTL_CODE(ioctl.FILE_DEVICE_UNKNOWN, 0x800, ioctl.METHOD_BUFFERED, ioctl.FILE_READ_ACCESS | ioctl.FILE_WRITE_ACCESS)
-    assert code == 0x22E00C
+    code = ioctl.CTL_CODE(
+        ioctl.FILE_DEVICE_UNKNOWN, 0x800, ioctl.METHOD_BUFFERED, ioctl.FILE_READ_ACCESS | ioctl.FILE_WRITE_ACCESS
+    )
+    assert code == 0x22E000
+    assert ioctl.CTL_CODE(ioctl.FILE_DEVICE_UNKNOWN, 0x803, ioctl.METHOD_BUFFERED, 3) == 0x22E00C
+    assert ioctl.CTL_CODE(ioctl.FILE_DEVICE_UNKNOWN, 0x800, ioctl.METHOD_BUFFERED, ioctl.FILE_ANY_ACCESS) == 0x222000
     assert ioctl.DEVICE_TYPE_FROM_CTL_CODE(code) == ioctl.FILE_DEVICE_UNKNOWN == 0x22
     assert ioctl.METHOD_FROM_CTL_CODE(code) == ioctl.METHOD_BUFFERED
     assert ioctl.FUNCTION_FROM_CTL_CODE(code) == 0x800
