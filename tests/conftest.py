@@ -9,8 +9,10 @@ program processes with the same environment.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 
@@ -24,7 +26,10 @@ TEST_DRIVERS = os.path.join(ROOT, "tests", "drivers")
 class KernelProcess:
     def __init__(self, tmp_path, loads=(), extra_args=()):
         self.dir = tmp_path
-        self.socket = str(tmp_path / "kernel.sock")
+        # a directory other users can reach, so programs run as them can connect
+        self.sockdir = tempfile.mkdtemp(prefix="rz-test-")
+        os.chmod(self.sockdir, 0o755)
+        self.socket = os.path.join(self.sockdir, "kernel.sock")
         self.state = str(tmp_path / "state")
         self.env = dict(os.environ)
         self.env["RINGZERO_SOCKET"] = self.socket
@@ -89,6 +94,7 @@ class KernelProcess:
                 self.proc.kill()
                 self.proc.wait()
         self._log.close()
+        shutil.rmtree(self.sockdir, ignore_errors=True)
 
 
 _python_for: dict[str, str] = {}
