@@ -15,6 +15,7 @@ from ringzero.cli.app import main
 
 # name -> module; keep one line per sample.
 SAMPLES = {
+    "sharingmemory": "ringzero.samples.sharingmemory",
 }
 
 

@@ -48,6 +48,8 @@ from ringzero.kernel.ke.dispatcher import (KEVENT, KMUTEX, KSEMAPHORE, MAXIMUM_W
                                            KeReleaseSemaphore, KeResetEvent, KeSetEvent, KeWaitForMultipleObjects,
                                            KeWaitForMutexObject, KeWaitForSingleObject, NotificationEvent,
                                            SynchronizationEvent, WaitAll, WaitAny)
+from ringzero.kernel.ke.spinlock import (KSPIN_LOCK, KeAcquireSpinLock, KeAcquireSpinLockAtDpcLevel,
+                                         KeInitializeSpinLock, KeReleaseSpinLock, KeReleaseSpinLockFromDpcLevel)
 from ringzero.kernel.ke.timer import (IO_TIMER, KDPC, KTIMER, IoInitializeTimer, IoStartTimer, IoStopTimer,
                                       KeCancelTimer, KeInitializeDpc, KeInitializeTimer, KeInitializeTimerEx,
                                       KeInsertQueueDpc, KeReadStateTimer, KeRemoveQueueDpc, KeSetTimer,

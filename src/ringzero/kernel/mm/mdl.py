@@ -35,6 +35,7 @@ class UserView:
     length: int
     mdl: object
     block: object
+    gone: bool = False    # the program died; its address space went with it
 
 
 class MDL:
@@ -95,8 +96,9 @@ def IoAllocateMdl(VirtualAddress, Length: int, SecondaryBuffer: bool = False, Ch
 
 
 def IoFreeMdl(Mdl: MDL) -> None:
-    if Mdl.user_views:
+    if any(not v.gone for v in Mdl.user_views):
         verifier.violation("DRIVER_LEFT_LOCKED_PAGES_IN_PROCESS", "IoFreeMdl while the MDL is still mapped into a program")
+    Mdl.user_views.clear()
     _untrack(Mdl)
 
 
@@ -171,10 +173,12 @@ def MmUnmapLockedPages(BaseAddress, MemoryDescriptorList: MDL) -> None:
     if view is None:
         verifier.violation("MEMORY_MANAGEMENT", f"MmUnmapLockedPages of {BaseAddress:#x}, which this MDL did not map")
     proc = view.process
-    if proc is not current.process and not proc.exiting:
+    if proc is not current.process and not proc.exiting and not view.gone:
         verifier.violation("INVALID_PROCESS_ATTACH_ATTEMPT",
                            f"unmapping a view of pid {proc.pid} from the context of pid {getattr(current.process, 'pid', 0)}")
     mdl.user_views.remove(view)
+    if view.gone:
+        return
     base = view.address - (view.address % PAGE_SIZE)
     with proc.lock:
         proc.views.pop(base, None)
@@ -184,15 +188,14 @@ def MmUnmapLockedPages(BaseAddress, MemoryDescriptorList: MDL) -> None:
 
 
 def drop_views_of(process) -> int:
-    """Rundown: the program is gone and its address space with it."""
+    """Rundown: the program is gone and its address space with it.  The views
+    stay on their MDLs, marked gone, so the driver's own unmapping at
+    IRP_MJ_CLEANUP still finds them and is a no-op."""
     with process.lock:
         views = list(process.views.values())
         process.views.clear()
     for v in views:
-        try:
-            v.mdl.user_views.remove(v)
-        except ValueError:
-            pass
+        v.gone = True
     return len(views)
 
 
