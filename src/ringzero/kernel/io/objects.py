@@ -68,6 +68,18 @@ class SHARE_ACCESS:
         self.SharedRead = self.SharedWrite = self.SharedDelete = 0
 
 
+class DeviceExtension(bytearray):
+    """A device extension: DeviceExtensionSize writable bytes that also take
+    attributes, so a driver keeps its device context's fields (a KMUTEX, a
+    list head) on it as it would in the C structure the extension holds."""
+
+    def __hash__(self) -> int:  # an identity, not a value
+        return id(self)
+
+    def __eq__(self, other) -> bool:
+        return self is other
+
+
 class DEVICE_OBJECT(ObjectHeader):
     """Invariant: `ReferenceCount` counts FILE_OBJECTs open on this device (an
     exclusive device allows one); `AttachedDevice` is the device above this one
@@ -87,7 +99,7 @@ class DEVICE_OBJECT(ObjectHeader):
         self.StackSize = 1
         self.AlignmentRequirement = 0
         self.ReferenceCount = 0
-        self.DeviceExtension = bytearray(DeviceExtensionSize) if DeviceExtensionSize else None
+        self.DeviceExtension = DeviceExtension(DeviceExtensionSize) if DeviceExtensionSize else None
         self.Timer = None
         self.DeviceQueue = None
         self.deleted = False

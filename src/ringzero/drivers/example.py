@@ -1,0 +1,453 @@
+"""Example: a driver-mediated pipe between programs (the third tutorial's driver).
+
+Opening \\\\.\\Example\\HELLO reaches \\Device\\Example with FILE_OBJECT.FileName
+"\\HELLO".  The device context (the device extension) keeps kListMutex and
+pExampleList, a list of resource contexts, one per name compared without
+regard to case, each reference-counted and stored in the file object's
+FsContext; each resource context has its own lock and ring buffer.  Programs
+that open the same name share the ring: what one writes another reads.
+
+Reads and writes never block by default, as in the tutorial: a write stores
+what fits and returns how much (0 when the ring is full), a read returns what
+is there (0 bytes when it is empty).  Beyond the tutorial, which says these
+could be IOCTLs (ringzero.drivers.example_ioctl has their codes):
+IOCTL_EXAMPLE_SET_SIZE resizes a context's ring, IOCTL_EXAMPLE_QUERY reports on
+a context, and IOCTL_EXAMPLE_SET_BLOCKING makes a handle's reads of an empty
+ring pend until a writer supplies data (or CancelIo, the handle's close or the
+program's death cancels them); a write fills the oldest pending read first.
+"""
+
+import ctypes
+
+from ringzero.ddk import *
+from ringzero.drivers.example_ioctl import *
+from ringzero.kernel.mm.pool import make_tag
+
+EXAMPLE_POOL_TAG = make_tag("Exmp")      # 'pmxE' in C
+
+# How long a dispatch routine waits for a lock before failing the request
+# (the tutorial's TimeOut: relative, in 100 ns units).
+NumberOfSeconds = 10
+TimeOut = LARGE_INTEGER(-10000000 * NumberOfSeconds)
+
+
+class EXAMPLE_DEVICE_CONTEXT(ctypes.Structure):
+    """The device extension's C layout (x64), which IoCreateDevice sizes the
+    extension by.  The driver keeps the fields as attributes of the extension:
+
+    kListMutex     KMUTEX guarding pExampleList and every context's uiRefCount
+    pExampleList   the first EXAMPLE_LIST, linked through pNext; every context
+                   some file object's FsContext points to is on it
+    """
+
+    _fields_ = [("pExampleList", PVOID), ("kListMutex", ctypes.c_byte * 56)]
+
+
+class EXAMPLE_LIST(ctypes.Structure):
+    """A resource context's C layout (x64), which the pool block is sized by.
+    The driver keeps the fields as attributes of the block:
+
+    pNext                  the next context on the device's list
+    usPipeName             the name it was created with ("\\HELLO")
+    uiRefCount             file objects whose FsContext is this context and
+                           that have not had IRP_MJ_CLOSE; at 0 the context
+                           leaves the list and is freed            (kListMutex)
+    kInstanceBufferMutex   KMUTEX guarding every field below
+    pCircularBuffer        the ring: a pool block of uiBufferSize bytes
+    uiStartIndex           where the oldest queued byte is
+    uiStopIndex            where the next written byte goes
+    uiBytesQueued          bytes from uiStartIndex on, wrapping, not yet read
+    PendingReads           blocking read IRPs waiting for data, oldest first,
+                           each with Example_CancelRead set (or being
+                           cancelled); never non-empty while uiBytesQueued > 0
+    """
+
+    _fields_ = [("pNext", PVOID), ("usPipeName", ctypes.c_byte * 16), ("uiRefCount", ULONG),
+                ("uiStartIndex", ULONG), ("uiStopIndex", ULONG), ("uiBytesQueued", ULONG),
+                ("uiBufferSize", ULONG), ("pCircularBuffer", PVOID), ("kInstanceBufferMutex", ctypes.c_byte * 56),
+                ("PendingReads", ctypes.c_byte * 16)]
+
+
+# -- locks ----------------------------------------------------------------------
+
+def Example_WaitForMutex(pMutex, pTimeOut):
+    """KeWaitForMutexObject, with the outcome as the status to complete an IRP
+    with.  STATUS_TIMEOUT and STATUS_ALERTED are success codes, so the
+    tutorial's NT_SUCCESS check would go on without owning the mutex."""
+    NtStatus = KeWaitForMutexObject(pMutex, Executive, KernelMode, FALSE, pTimeOut)
+    if NtStatus in (STATUS_SUCCESS, STATUS_ABANDONED):
+        return STATUS_SUCCESS
+    if NtStatus == STATUS_TIMEOUT:
+        return STATUS_IO_TIMEOUT
+    return STATUS_CANCELLED          # alerted: the requesting program is going away
+
+
+def Example_AcquireMutex(pMutex):
+    """For close, cleanup and cancel, which must not fail: wait until owned."""
+    while KeWaitForMutexObject(pMutex, Executive, KernelMode, FALSE, NULL) not in (STATUS_SUCCESS, STATUS_ABANDONED):
+        pass
+
+
+# -- the ring buffer (kInstanceBufferMutex held) ------------------------------------
+
+def Example_WriteData(pExampleList, pData):
+    """Store what fits of `pData`; the number of bytes stored."""
+    uiLength = min(len(pData), pExampleList.uiBufferSize - pExampleList.uiBytesQueued)
+    if uiLength == 0:
+        return 0
+    pRing = memoryview(pExampleList.pCircularBuffer)
+    uiStop = pExampleList.uiStopIndex
+    uiFirst = min(uiLength, pExampleList.uiBufferSize - uiStop)
+    pRing[uiStop:uiStop + uiFirst] = pData[:uiFirst]
+    if uiFirst < uiLength:
+        pRing[:uiLength - uiFirst] = pData[uiFirst:uiLength]
+    pExampleList.uiStopIndex = (uiStop + uiLength) % pExampleList.uiBufferSize
+    pExampleList.uiBytesQueued += uiLength
+    return uiLength
+
+
+def Example_ReadData(pExampleList, pBuffer, uiLength):
+    """Move up to `uiLength` queued bytes into `pBuffer`; how many moved."""
+    uiLength = min(uiLength, pExampleList.uiBytesQueued)
+    if uiLength == 0:
+        return 0
+    pRing = memoryview(pExampleList.pCircularBuffer)
+    uiStart = pExampleList.uiStartIndex
+    uiFirst = min(uiLength, pExampleList.uiBufferSize - uiStart)
+    pBuffer[:uiFirst] = pRing[uiStart:uiStart + uiFirst]
+    if uiFirst < uiLength:
+        pBuffer[uiFirst:uiLength] = pRing[:uiLength - uiFirst]
+    pExampleList.uiBytesQueued -= uiLength
+    pExampleList.uiStartIndex = (uiStart + uiLength) % pExampleList.uiBufferSize if pExampleList.uiBytesQueued else 0
+    if not pExampleList.uiBytesQueued:
+        pExampleList.uiStopIndex = 0     # empty: start over at the front, so reads copy in one piece
+    return uiLength
+
+
+# -- resource contexts ---------------------------------------------------------------
+
+def Example_CreateNewResource(usPipeName):
+    """A new EXAMPLE_LIST for `usPipeName` with an empty ring, or None."""
+    pExampleList = ExAllocatePoolWithTag(NonPagedPool, sizeof(EXAMPLE_LIST), EXAMPLE_POOL_TAG)
+    if not pExampleList:
+        return None
+    pCircularBuffer = ExAllocatePoolWithTag(NonPagedPool, EXAMPLE_DEFAULT_BUFFER_SIZE, EXAMPLE_POOL_TAG)
+    if not pCircularBuffer:
+        ExFreePoolWithTag(pExampleList, EXAMPLE_POOL_TAG)
+        return None
+    pExampleList.pNext = NULL
+    pExampleList.usPipeName = RtlInitUnicodeString(usPipeName)
+    pExampleList.uiRefCount = 1
+    pExampleList.kInstanceBufferMutex = KMUTEX()
+    KeInitializeMutex(pExampleList.kInstanceBufferMutex, 0)
+    pExampleList.pCircularBuffer = pCircularBuffer
+    pExampleList.uiBufferSize = EXAMPLE_DEFAULT_BUFFER_SIZE
+    pExampleList.uiStartIndex = 0
+    pExampleList.uiStopIndex = 0
+    pExampleList.uiBytesQueued = 0
+    pExampleList.PendingReads = []
+    return pExampleList
+
+
+def Example_FreeResource(pExampleList):
+    ExFreePoolWithTag(pExampleList.pCircularBuffer, EXAMPLE_POOL_TAG)
+    pExampleList.pCircularBuffer = NULL
+    ExFreePoolWithTag(pExampleList, EXAMPLE_POOL_TAG)
+
+
+def Example_FindResource(pExampleDeviceContext, usPipeName):
+    """The context named `usPipeName` (case-insensitive), or None.  kListMutex held."""
+    pExampleList = pExampleDeviceContext.pExampleList
+    while pExampleList:
+        if RtlCompareUnicodeString(pExampleList.usPipeName, usPipeName, TRUE) == 0:
+            return pExampleList
+        pExampleList = pExampleList.pNext
+    return None
+
+
+def Example_CountResources(pExampleDeviceContext):
+    uiCount, pExampleList = 0, pExampleDeviceContext.pExampleList
+    while pExampleList:
+        uiCount += 1
+        pExampleList = pExampleList.pNext
+    return uiCount
+
+
+# -- dispatch routines ----------------------------------------------------------------
+
+def Example_CompleteIrp(Irp, NtStatus, uiInformation=0):
+    Irp.IoStatus.Status = NtStatus
+    Irp.IoStatus.Information = uiInformation
+    IoCompleteRequest(Irp, IO_NO_INCREMENT)
+    return NtStatus
+
+
+def Example_Create(DeviceObject, Irp):
+    pIoStackIrp = IoGetCurrentIrpStackLocation(Irp)
+    pFileObject = pIoStackIrp.FileObject
+    pExampleDeviceContext = DeviceObject.DeviceExtension
+    DbgPrint(f"Example_Create Called {pFileObject.FileName!r}\r\n")
+    if not pFileObject.FileName.strip("\\"):
+        # the device itself: there is no pipe to attach the handle to
+        return Example_CompleteIrp(Irp, STATUS_OBJECT_NAME_INVALID)
+    NtStatus = Example_WaitForMutex(pExampleDeviceContext.kListMutex, TimeOut)
+    if NtStatus == STATUS_SUCCESS:
+        pExampleList = Example_FindResource(pExampleDeviceContext, pFileObject.FileName)
+        if pExampleList:
+            pExampleList.uiRefCount += 1
+        else:
+            pExampleList = Example_CreateNewResource(pFileObject.FileName)
+            if pExampleList:
+                pExampleList.pNext = pExampleDeviceContext.pExampleList
+                pExampleDeviceContext.pExampleList = pExampleList
+            else:
+                NtStatus = STATUS_INSUFFICIENT_RESOURCES
+        if pExampleList:
+            pFileObject.FsContext = pExampleList
+            pFileObject.FsContext2 = 0          # this handle's EXAMPLE_* flags
+        KeReleaseMutex(pExampleDeviceContext.kListMutex, FALSE)
+    return Example_CompleteIrp(Irp, NtStatus)
+
+
+def Example_Close(DeviceObject, Irp):
+    """The last reference to the file object is gone: drop the context's."""
+    pFileObject = IoGetCurrentIrpStackLocation(Irp).FileObject
+    pExampleDeviceContext = DeviceObject.DeviceExtension
+    pExampleList = pFileObject.FsContext
+    DbgPrint(f"Example_Close Called {pFileObject.FileName!r}\r\n")
+    Example_AcquireMutex(pExampleDeviceContext.kListMutex)
+    pExampleList.uiRefCount -= 1
+    if pExampleList.uiRefCount == 0:
+        if pExampleDeviceContext.pExampleList is pExampleList:
+            pExampleDeviceContext.pExampleList = pExampleList.pNext
+        else:
+            pPrevious = pExampleDeviceContext.pExampleList
+            while pPrevious.pNext is not pExampleList:
+                pPrevious = pPrevious.pNext
+            pPrevious.pNext = pExampleList.pNext
+        Example_FreeResource(pExampleList)
+    KeReleaseMutex(pExampleDeviceContext.kListMutex, FALSE)
+    pFileObject.FsContext = NULL
+    return Example_CompleteIrp(Irp, STATUS_SUCCESS)
+
+
+def Example_Cleanup(DeviceObject, Irp):
+    """The last handle is closed (in the closing program's context): its
+    pending reads end now; IRP_MJ_CLOSE follows once they have."""
+    pFileObject = IoGetCurrentIrpStackLocation(Irp).FileObject
+    pExampleList = pFileObject.FsContext
+    Example_AcquireMutex(pExampleList.kInstanceBufferMutex)
+    pCancelled = []
+    for pReadIrp in list(pExampleList.PendingReads):
+        if IoGetCurrentIrpStackLocation(pReadIrp).FileObject is pFileObject:
+            pExampleList.PendingReads.remove(pReadIrp)
+            if IoSetCancelRoutine(pReadIrp, NULL) is not None:
+                pCancelled.append(pReadIrp)
+            # else IoCancelIrp has it: Example_CancelRead completes it
+    KeReleaseMutex(pExampleList.kInstanceBufferMutex, FALSE)
+    for pReadIrp in pCancelled:
+        Example_CompleteIrp(pReadIrp, STATUS_CANCELLED)
+    return Example_CompleteIrp(Irp, STATUS_SUCCESS)
+
+
+def Example_CancelRead(DeviceObject, Irp):
+    IoReleaseCancelSpinLock(Irp.CancelIrql)
+    pExampleList = IoGetCurrentIrpStackLocation(Irp).FileObject.FsContext
+    Example_AcquireMutex(pExampleList.kInstanceBufferMutex)
+    if Irp in pExampleList.PendingReads:
+        pExampleList.PendingReads.remove(Irp)
+    KeReleaseMutex(pExampleList.kInstanceBufferMutex, FALSE)
+    Example_CompleteIrp(Irp, STATUS_CANCELLED)
+
+
+def Example_Read(DeviceObject, Irp):
+    pIoStackIrp = IoGetCurrentIrpStackLocation(Irp)
+    pFileObject = pIoStackIrp.FileObject
+    pExampleList = pFileObject.FsContext
+    uiLength = pIoStackIrp.Parameters.Read.Length
+    if uiLength == 0:
+        return Example_CompleteIrp(Irp, STATUS_SUCCESS, 0)
+    NtStatus = Example_WaitForMutex(pExampleList.kInstanceBufferMutex, TimeOut)
+    if NtStatus != STATUS_SUCCESS:
+        return Example_CompleteIrp(Irp, NtStatus)
+    if pExampleList.uiBytesQueued or not pFileObject.FsContext2 & EXAMPLE_BLOCKING_READS:
+        uiRead = Example_ReadData(pExampleList, Irp.AssociatedIrp.SystemBuffer, uiLength)
+        KeReleaseMutex(pExampleList.kInstanceBufferMutex, FALSE)
+        return Example_CompleteIrp(Irp, STATUS_SUCCESS, uiRead)
+    # a blocking read of an empty ring waits, behind any read already waiting
+    IoMarkIrpPending(Irp)
+    IoSetCancelRoutine(Irp, Example_CancelRead)
+    if Irp.Cancel and IoSetCancelRoutine(Irp, NULL) is not None:
+        KeReleaseMutex(pExampleList.kInstanceBufferMutex, FALSE)
+        Example_CompleteIrp(Irp, STATUS_CANCELLED)
+        return STATUS_PENDING
+    pExampleList.PendingReads.append(Irp)
+    KeReleaseMutex(pExampleList.kInstanceBufferMutex, FALSE)
+    return STATUS_PENDING
+
+
+def Example_Write(DeviceObject, Irp):
+    pIoStackIrp = IoGetCurrentIrpStackLocation(Irp)
+    pExampleList = pIoStackIrp.FileObject.FsContext
+    uiLength = pIoStackIrp.Parameters.Write.Length
+    if uiLength == 0:
+        return Example_CompleteIrp(Irp, STATUS_SUCCESS, 0)
+    pData = memoryview(Irp.AssociatedIrp.SystemBuffer)[:uiLength]
+    NtStatus = Example_WaitForMutex(pExampleList.kInstanceBufferMutex, TimeOut)
+    if NtStatus != STATUS_SUCCESS:
+        return Example_CompleteIrp(Irp, NtStatus)
+    uiWritten = 0
+    pSatisfied = []
+    while uiWritten < uiLength and pExampleList.PendingReads:
+        pReadIrp = pExampleList.PendingReads.pop(0)
+        if IoSetCancelRoutine(pReadIrp, NULL) is None:
+            continue        # IoCancelIrp has it: Example_CancelRead completes it
+        uiPart = min(uiLength - uiWritten, IoGetCurrentIrpStackLocation(pReadIrp).Parameters.Read.Length)
+        pReadIrp.AssociatedIrp.SystemBuffer[:uiPart] = pData[uiWritten:uiWritten + uiPart]
+        pReadIrp.IoStatus.Status = STATUS_SUCCESS
+        pReadIrp.IoStatus.Information = uiPart
+        pSatisfied.append(pReadIrp)
+        uiWritten += uiPart
+    if uiWritten < uiLength:
+        uiWritten += Example_WriteData(pExampleList, pData[uiWritten:])
+    KeReleaseMutex(pExampleList.kInstanceBufferMutex, FALSE)
+    for pReadIrp in pSatisfied:
+        IoCompleteRequest(pReadIrp, IO_NO_INCREMENT)
+    return Example_CompleteIrp(Irp, STATUS_SUCCESS, uiWritten)
+
+
+def Example_SetSize(pExampleList, uiNewSize):
+    """A ring of `uiNewSize` bytes holding what the old one held."""
+    if not 0 < uiNewSize <= EXAMPLE_MAX_BUFFER_SIZE:
+        return STATUS_INVALID_PARAMETER
+    NtStatus = Example_WaitForMutex(pExampleList.kInstanceBufferMutex, TimeOut)
+    if NtStatus != STATUS_SUCCESS:
+        return NtStatus
+    if pExampleList.uiBytesQueued > uiNewSize:
+        NtStatus = STATUS_BUFFER_TOO_SMALL
+    elif uiNewSize != pExampleList.uiBufferSize:
+        pNewBuffer = ExAllocatePoolWithTag(NonPagedPool, uiNewSize, EXAMPLE_POOL_TAG)
+        if not pNewBuffer:
+            NtStatus = STATUS_INSUFFICIENT_RESOURCES
+        else:
+            uiQueued = Example_ReadData(pExampleList, memoryview(pNewBuffer), pExampleList.uiBytesQueued)
+            ExFreePoolWithTag(pExampleList.pCircularBuffer, EXAMPLE_POOL_TAG)
+            pExampleList.pCircularBuffer = pNewBuffer
+            pExampleList.uiBufferSize = uiNewSize
+            pExampleList.uiStartIndex = 0
+            pExampleList.uiStopIndex = uiQueued % uiNewSize
+            pExampleList.uiBytesQueued = uiQueued
+    KeReleaseMutex(pExampleList.kInstanceBufferMutex, FALSE)
+    return NtStatus
+
+
+def Example_Query(pExampleDeviceContext, pFileObject, pInput, pInfo):
+    """Fill `pInfo` (an EXAMPLE_QUERY_INFORMATION) for this handle's context,
+    or for the one `pInput` names."""
+    NtStatus = Example_WaitForMutex(pExampleDeviceContext.kListMutex, TimeOut)
+    if NtStatus != STATUS_SUCCESS:
+        return NtStatus
+    pInfo.ContextCount = Example_CountResources(pExampleDeviceContext)
+    if pInput:
+        usPipeName = bytes(pInput).decode("utf-16-le", "replace")
+        if not usPipeName.startswith("\\"):
+            usPipeName = "\\" + usPipeName
+        pExampleList = Example_FindResource(pExampleDeviceContext, usPipeName)
+    else:
+        pExampleList = pFileObject.FsContext
+        pInfo.Flags = pFileObject.FsContext2
+    if pExampleList:
+        pInfo.ReferenceCount = pExampleList.uiRefCount
+        NtStatus = Example_WaitForMutex(pExampleList.kInstanceBufferMutex, TimeOut)
+        if NtStatus == STATUS_SUCCESS:
+            pInfo.BufferSize = pExampleList.uiBufferSize
+            pInfo.BytesQueued = pExampleList.uiBytesQueued
+            pInfo.PendingReads = len(pExampleList.PendingReads)
+            KeReleaseMutex(pExampleList.kInstanceBufferMutex, FALSE)
+    KeReleaseMutex(pExampleDeviceContext.kListMutex, FALSE)
+    return NtStatus
+
+
+def Example_IoControl(DeviceObject, Irp):
+    pIoStackIrp = IoGetCurrentIrpStackLocation(Irp)
+    pFileObject = pIoStackIrp.FileObject
+    uiCode = pIoStackIrp.Parameters.DeviceIoControl.IoControlCode
+    uiInLength = pIoStackIrp.Parameters.DeviceIoControl.InputBufferLength
+    uiOutLength = pIoStackIrp.Parameters.DeviceIoControl.OutputBufferLength
+    pSystemBuffer = Irp.AssociatedIrp.SystemBuffer
+    uiInformation = 0
+    if uiCode == IOCTL_EXAMPLE_SET_SIZE:
+        if uiInLength < sizeof(ULONG):
+            NtStatus = STATUS_INVALID_BUFFER_SIZE
+        else:
+            uiNewSize = ULONG.from_buffer(pSystemBuffer).value
+            NtStatus = Example_SetSize(pFileObject.FsContext, uiNewSize)
+            DbgPrint(f"Example: {pFileObject.FileName!r} ring size {uiNewSize}: {NtStatus:#x}\r\n")
+    elif uiCode == IOCTL_EXAMPLE_QUERY:
+        if uiOutLength < sizeof(EXAMPLE_QUERY_INFORMATION):
+            NtStatus = STATUS_BUFFER_TOO_SMALL
+        else:
+            pInfo = EXAMPLE_QUERY_INFORMATION()
+            NtStatus = Example_Query(DeviceObject.DeviceExtension, pFileObject,
+                                     pSystemBuffer[:uiInLength] if uiInLength else NULL, pInfo)
+            if NtStatus == STATUS_SUCCESS:
+                pSystemBuffer[:sizeof(pInfo)] = bytes(pInfo)
+                uiInformation = sizeof(pInfo)
+    elif uiCode == IOCTL_EXAMPLE_SET_BLOCKING:
+        if uiInLength < sizeof(ULONG):
+            NtStatus = STATUS_INVALID_BUFFER_SIZE
+        else:
+            uiFlags = ULONG.from_buffer(pSystemBuffer).value
+            if uiFlags & ~EXAMPLE_BLOCKING_READS:
+                NtStatus = STATUS_INVALID_PARAMETER
+            else:
+                pFileObject.FsContext2 = uiFlags
+                NtStatus = STATUS_SUCCESS
+    else:
+        NtStatus = STATUS_INVALID_DEVICE_REQUEST
+    return Example_CompleteIrp(Irp, NtStatus, uiInformation)
+
+
+def Example_UnSupportedFunction(DeviceObject, Irp):
+    DbgPrint("Example_UnSupportedFunction Called \r\n")
+    return Example_CompleteIrp(Irp, STATUS_NOT_SUPPORTED)
+
+
+# -- load and unload ---------------------------------------------------------------------
+
+def Example_Unload(DriverObject):
+    DbgPrint("Example_Unload Called \r\n")
+    IoDeleteSymbolicLink(r"\DosDevices\Example")
+    IoDeleteDevice(DriverObject.DeviceObject)
+
+
+def DriverEntry(pDriverObject, pRegistryPath):
+    DbgPrint("DriverEntry Called \r\n")
+    usDriverName = RtlInitUnicodeString(r"\Device\Example")
+    usDosDeviceName = RtlInitUnicodeString(r"\DosDevices\Example")
+    NtStatus, pDeviceObject = IoCreateDevice(pDriverObject, sizeof(EXAMPLE_DEVICE_CONTEXT), usDriverName,
+                                             FILE_DEVICE_UNKNOWN, FILE_DEVICE_SECURE_OPEN, FALSE)
+    if not NT_SUCCESS(NtStatus):
+        return NtStatus
+    for uiIndex in range(IRP_MJ_MAXIMUM_FUNCTION + 1):
+        pDriverObject.MajorFunction[uiIndex] = Example_UnSupportedFunction
+    pDriverObject.MajorFunction[IRP_MJ_CREATE] = Example_Create
+    pDriverObject.MajorFunction[IRP_MJ_CLEANUP] = Example_Cleanup
+    pDriverObject.MajorFunction[IRP_MJ_CLOSE] = Example_Close
+    pDriverObject.MajorFunction[IRP_MJ_READ] = Example_Read
+    pDriverObject.MajorFunction[IRP_MJ_WRITE] = Example_Write
+    pDriverObject.MajorFunction[IRP_MJ_DEVICE_CONTROL] = Example_IoControl
+    pDriverObject.DriverUnload = Example_Unload
+    pDeviceObject.Flags |= DO_BUFFERED_IO
+    pDeviceObject.Flags &= ~DO_DEVICE_INITIALIZING
+
+    # Per-Device Context, User Defined
+    pExampleDeviceContext = pDeviceObject.DeviceExtension
+    pExampleDeviceContext.kListMutex = KMUTEX()
+    KeInitializeMutex(pExampleDeviceContext.kListMutex, 0)
+    pExampleDeviceContext.pExampleList = NULL
+
+    NtStatus = IoCreateSymbolicLink(usDosDeviceName, usDriverName)
+    if not NT_SUCCESS(NtStatus):
+        IoDeleteDevice(pDeviceObject)
+    return NtStatus
