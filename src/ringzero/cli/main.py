@@ -10,6 +10,7 @@ from ringzero.cli.app import main
 COMMAND_MODULES = [
     "ringzero.cli.tools",
     "ringzero.cli.samples",
+    "ringzero.cli.demo",
 ]
 
 for _name in COMMAND_MODULES:

@@ -73,6 +73,23 @@ def run(seconds: int, as_json: bool, out=sys.stdout) -> int:
     return 0
 
 
+def demo(console) -> None:
+    """The demo's scene: map the page, watch the driver's timer write into it."""
+    client.ensure_driver("SharingMemory", DRIVER_MODULE)
+    h = win32file.CreateFile(DEVICE, win32con.GENERIC_READ, 0, None, win32con.OPEN_EXISTING, 0, None)
+    address = struct.unpack("<Q", win32file.DeviceIoControl(h, IOCTL_GIVE_ME_YOUR_MEMORY, None, 8))[0]
+    console.print(f"DeviceIoControl(IOCTL_GIVE_ME_YOUR_MEMORY) -> the driver's page is at {address:#x} in this program")
+    conn = client.connection()
+    before = conn.requests_sent
+    for _ in range(3):
+        raw = read_shared_time(address)
+        console.print(f"  read from {address:#x}: {raw:#018x} = [bold]{local_time_of(raw):%Y-%m-%d %H:%M:%S}[/bold]")
+        time.sleep(1)
+    console.print(f"kernel requests made while reading: {conn.requests_sent - before}")
+    h.Close()
+    console.print("CloseHandle -> IRP_MJ_CLEANUP in this program's context: view unmapped, MDL and page freed")
+
+
 @click.command(name="sharingmemory")
 @click.option("--seconds", default=5, show_default=True, help="How many seconds to read the time for.")
 @click.option("--json", "as_json", is_flag=True, help="Print the address and every sample as JSON.")
