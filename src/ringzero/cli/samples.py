@@ -15,6 +15,8 @@ from ringzero.cli.app import main
 
 # name -> module; keep one line per sample.
 SAMPLES = {
+    "usedriver2": "ringzero.samples.usedriver2",
+    "usedriver3": "ringzero.samples.usedriver3",
     "sharingmemory": "ringzero.samples.sharingmemory",
 }
 

@@ -1,0 +1,53 @@
+"""usedriver2 NAME: write each line of standard input to \\\\.\\Example\\NAME.
+
+The tutorial's writer.  The driver never blocks a write: it stores what fits
+in the pipe's ring buffer and says how much, so a line that did not fit (the
+ring is full because nobody reads) is reported, not retried.
+"""
+
+from __future__ import annotations
+
+import struct
+import sys
+
+import click
+
+from ringzero.drivers.example_ioctl import IOCTL_EXAMPLE_SET_SIZE
+from ringzero.samples.example_pipe import open_pipe, pipe_path
+from ringzero.win32 import pywintypes, win32file
+
+PROG = "usedriver2"
+
+
+@click.command()
+@click.argument("name")
+@click.option("--size", type=int, metavar="BYTES",
+              help="First set the pipe's ring-buffer size (IOCTL_EXAMPLE_SET_SIZE; default 4096).")
+def cli(name: str, size: int | None) -> None:
+    """Write each line of standard input to \\\\.\\Example\\NAME.
+
+    Run `usedriver3 NAME` against the same kernel to read them; NAME is
+    compared without regard to case.  A line that does not fit in the ring
+    buffer is reported on stderr with how much of it was stored.
+    """
+    h = open_pipe(name, win32file.GENERIC_READ | win32file.GENERIC_WRITE, PROG)
+    try:
+        if size is not None:
+            try:
+                win32file.DeviceIoControl(h, IOCTL_EXAMPLE_SET_SIZE, struct.pack("<I", size), 0)
+            except pywintypes.error as e:
+                raise click.ClickException(f"cannot set the ring size to {size}: {e.strerror}") from None
+        if sys.stdin.isatty():
+            click.echo(f"Type lines to send to {pipe_path(name)}; Ctrl-D ends.", err=True)
+        for line in sys.stdin.buffer:
+            _, written = win32file.WriteFile(h, line)
+            if written < len(line):
+                click.echo(f"{PROG}: the pipe is full: {written} of {len(line)} bytes stored", err=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        h.Close()
+
+
+if __name__ == "__main__":
+    cli(prog_name=PROG)

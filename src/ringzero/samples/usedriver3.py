@@ -1,0 +1,68 @@
+"""usedriver3 NAME: read what was written to \\\\.\\Example\\NAME.
+
+The tutorial's reader: each time Enter is pressed it reads the pipe and
+prints what was there.  With --follow it switches its handle to blocking
+reads (IOCTL_EXAMPLE_SET_BLOCKING) and prints data as it arrives until
+interrupted; the read pending at Ctrl-C is cancelled by the kernel as the
+program goes.
+"""
+
+from __future__ import annotations
+
+import struct
+import sys
+
+import click
+
+from ringzero.drivers.example_ioctl import EXAMPLE_BLOCKING_READS, IOCTL_EXAMPLE_SET_BLOCKING
+from ringzero.samples.example_pipe import open_pipe, pipe_path
+from ringzero.win32 import pywintypes, win32file
+
+PROG = "usedriver3"
+READ_SIZE = 64 * 1024
+
+
+def _show(data: bytes) -> None:
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
+
+
+@click.command()
+@click.argument("name")
+@click.option("--follow", is_flag=True, help="Wait for data and print it as it arrives, until Ctrl-C.")
+def cli(name: str, follow: bool) -> None:
+    """Print what was written to \\\\.\\Example\\NAME each time Enter is pressed.
+
+    With --follow, print data as it arrives instead (blocking reads).
+    """
+    h = open_pipe(name, win32file.GENERIC_READ | win32file.GENERIC_WRITE, PROG)
+    try:
+        if follow:
+            win32file.DeviceIoControl(h, IOCTL_EXAMPLE_SET_BLOCKING, struct.pack("<I", EXAMPLE_BLOCKING_READS), 0)
+            click.echo(f"{PROG}: printing what arrives on {pipe_path(name)}; Ctrl-C stops.", err=True)
+            while True:
+                _, data = win32file.ReadFile(h, READ_SIZE)
+                _show(data)
+        interactive = sys.stdin.isatty()
+        if interactive:
+            click.echo(f"Press Enter to read {pipe_path(name)}; Ctrl-D ends.", err=True)
+        for _ in sys.stdin:
+            got = 0
+            while True:
+                _, data = win32file.ReadFile(h, READ_SIZE)
+                if not data:
+                    break
+                got += len(data)
+                _show(data)
+            if not got and interactive:
+                click.echo("(nothing was written)", err=True)
+    except KeyboardInterrupt:
+        pass
+    except pywintypes.error as e:
+        raise click.ClickException(f"{e.funcname} on {pipe_path(name)} failed: {e.strerror} (Win32 error {e.winerror})") from None
+    finally:
+        h.Close()
+
+
+if __name__ == "__main__":
+    cli(prog_name=PROG)
