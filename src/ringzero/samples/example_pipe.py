@@ -104,7 +104,7 @@ def demo(console=None, timeout: float = 20.0) -> bool:
     standard input and a `usedriver3 NAME --follow` printing what arrives, four
     processes on one kernel (an embedded one if none runs).  Prints the scene on
     `console` (a rich Console); True when each reader printed exactly its own
-    writer's lines, in order."""
+    writer's lines, in order, else RuntimeError."""
     if console is None:
         from rich.console import Console
         console = Console()
@@ -114,7 +114,6 @@ def demo(console=None, timeout: float = 20.0) -> bool:
     except client.CallFailed as e:
         if e.status != st.STATUS_IMAGE_ALREADY_LOADED:
             raise
-    console.print("[bold]Example[/bold]: a pipe made by a driver, \\\\.\\Example\\NAME")
     procs: list[subprocess.Popen] = []
     readers, writers, out = {}, {}, {}
     ok = True
@@ -152,8 +151,9 @@ def demo(console=None, timeout: float = 20.0) -> bool:
         for r in readers.values():
             r.send_signal(signal.SIGINT)
             ok &= r.wait(timeout) == 0
-        console.print("  writers done; Ctrl-C ended the readers and the kernel cancelled their reads"
-                      if ok else "  [red]the scene did not go as expected[/red]")
+        if not ok:
+            raise RuntimeError("a reader did not print exactly its writer's lines, or a program failed")
+        console.print("  writers done; Ctrl-C ended the readers and the kernel cancelled their reads")
         return ok
     finally:
         for p in procs:

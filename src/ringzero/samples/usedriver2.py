@@ -13,7 +13,7 @@ import sys
 import click
 
 from ringzero.drivers.example_ioctl import IOCTL_EXAMPLE_SET_SIZE
-from ringzero.samples.example_pipe import open_pipe, pipe_path
+from ringzero.samples.example_pipe import demo, open_pipe, pipe_path  # noqa: F401  (demo: `ringzero demo`'s scene)
 from ringzero.win32 import pywintypes, win32file
 
 PROG = "usedriver2"
