@@ -176,48 +176,73 @@ def leaks_of(driver: DRIVER_OBJECT) -> list[Leak]:
     return out
 
 
-def unload_driver(driver: DRIVER_OBJECT) -> UnloadReport:
-    """ControlService(STOP): DriverUnload, then the leak report.  Devices that
-    still have open file objects keep the driver until they close."""
-    sysm = system.get()
+def unload_driver(driver: DRIVER_OBJECT, on_unloaded=None) -> UnloadReport:
+    """ControlService(STOP), as NT's IopUnloadDriver: the driver is marked
+    unload-pending at once (no new file can be opened on its devices); its
+    DriverUnload runs, and the leak report is made, once no file object is
+    open on any of its devices: now, or when the last one closes
+    (`report.deferred`).  `on_unloaded(report)` is called when that happened."""
     report = UnloadReport(driver.name)
     with _load_lock:
+        if driver.unloading:
+            report.deferred = not getattr(driver, "unloaded", False)
+            return report
         driver.unloading = True
-        unload = driver.DriverUnload
-        if unload is not None:
-            try:
-                with calling_driver(driver), in_process(sysm.system_process):
-                    unload(driver)
-            except Exception as exc:
-                dbg.fault("DriverUnload", exc, driver)
-        busy = _busy_devices(driver)
-        report.leaks = leaks_of(driver)
-        for leak in report.leaks:
-            dbg.emit(f"{driver.name}: leaked at unload: {leak}", level="leak", source=driver.name)
-        for path in _created_links(driver):
-            try:
-                obj, _ = sysm.namespace.lookup(path, parse=False, follow_last=False)
-                ob.remove_name(obj)
-            except ObjectError:
-                pass
-        for dev in driver.devices():
-            IoDeleteDevice(dev)
-        for t in timer.live_timers_of(driver):
-            timer.KeCancelTimer(t)
-        for dev in driver.devices():
-            if dev.Timer is not None:
-                dev.Timer.token = None
-        pool.reclaim_driver(driver)
-        driver.leaks = report.leaks
-        sysm.drivers.pop(driver.name, None)
-        ob.remove_name(driver)
-        report.deferred = bool(busy)
-        if not busy:
-            _forget_module(driver)
-        else:
-            driver.on_last_reference = lambda: None if _busy_devices(driver) else _forget_module(driver)
-        dbg.emit(f"driver {driver.name} unloaded" + (" (waiting for open handles to close)" if busy else ""), source="kernel")
-        return report
+        if _busy_devices(driver):
+            report.deferred = True
+            driver.on_last_reference = lambda: _unload_when_idle(driver, report, on_unloaded)
+            dbg.emit(f"driver {driver.name}: unload pending until the open handles to its devices close",
+                     source="kernel")
+            return report
+        _finish_unload(driver, report)
+    if on_unloaded is not None:
+        on_unloaded(report)
+    return report
+
+
+def _unload_when_idle(driver: DRIVER_OBJECT, report: UnloadReport, on_unloaded) -> None:
+    """The last file object on the driver's devices went: finish a pending unload."""
+    with _load_lock:
+        if getattr(driver, "unloaded", False) or _busy_devices(driver):
+            return
+        _finish_unload(driver, report)
+    if on_unloaded is not None:
+        on_unloaded(report)
+
+
+def _finish_unload(driver: DRIVER_OBJECT, report: UnloadReport) -> None:
+    """DriverUnload, the leak report, and taking back what the driver left."""
+    sysm = system.get()
+    driver.unloaded = True
+    unload = driver.DriverUnload
+    if unload is not None:
+        try:
+            with calling_driver(driver), in_process(sysm.system_process):
+                unload(driver)
+        except Exception as exc:
+            dbg.fault("DriverUnload", exc, driver)
+    report.leaks = leaks_of(driver)
+    for leak in report.leaks:
+        dbg.emit(f"{driver.name}: leaked at unload: {leak}", level="leak", source=driver.name)
+    for path in _created_links(driver):
+        try:
+            obj, _ = sysm.namespace.lookup(path, parse=False, follow_last=False)
+            ob.remove_name(obj)
+        except ObjectError:
+            pass
+    for dev in driver.devices():
+        IoDeleteDevice(dev)
+    for t in timer.live_timers_of(driver):
+        timer.KeCancelTimer(t)
+    for dev in driver.devices():
+        if dev.Timer is not None:
+            dev.Timer.token = None
+    pool.reclaim_driver(driver)
+    driver.leaks = report.leaks
+    sysm.drivers.pop(driver.name, None)
+    ob.remove_name(driver)
+    _forget_module(driver)
+    dbg.emit(f"driver {driver.name} unloaded", source="kernel")
 
 
 def _busy_devices(driver) -> list:
