@@ -66,10 +66,15 @@ from ringzero.kernel.mm.user import (AccessViolation, ExRaiseStatus, NtException
 from ringzero.kernel.ob.events import (ExEventObjectType, ExSemaphoreObjectType, IoFileObjectType,
                                        OBJECT_HANDLE_INFORMATION, ObDereferenceObject, ObfDereferenceObject,
                                        ObReferenceObject, ObReferenceObjectByHandle, PsProcessType)
+from ringzero.kernel.mm.physical import MmGetPhysicalAddress, PhysicalAddressUnavailable
+from ringzero.kernel.svc.registry import (KEY_VALUE_INFORMATION, OBJECT_ATTRIBUTES, RTL_QUERY_REGISTRY_TABLE,
+                                          InitializeObjectAttributes, RtlQueryRegistryValues, ZwClose, ZwOpenKey,
+                                          ZwQueryValueKey)
 from ringzero.kernel.verifier import DriverBugcheck
 from ringzero.nt.access import *  # noqa: F401,F403
 from ringzero.nt.ioctl import *  # noqa: F401,F403
 from ringzero.nt.irp import *  # noqa: F401,F403
+from ringzero.nt.registry import *  # noqa: F401,F403
 from ringzero.nt.status import *  # noqa: F401,F403
 
 IofCompleteRequest = IoCompleteRequest
