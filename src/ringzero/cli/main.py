@@ -10,6 +10,8 @@ from ringzero.cli.app import main
 COMMAND_MODULES = [
     "ringzero.cli.tools",
     "ringzero.cli.samples",
+    "ringzero.cli.sc",
+    "ringzero.cli.admin",
     "ringzero.cli.demo",
 ]
 

@@ -18,6 +18,7 @@ SAMPLES = {
     "usedriver2": "ringzero.samples.usedriver2",
     "usedriver3": "ringzero.samples.usedriver3",
     "sharingmemory": "ringzero.samples.sharingmemory",
+    "virttophys": "ringzero.samples.virttophys",
 }
 
 
