@@ -70,6 +70,11 @@ from ringzero.kernel.mm.physical import MmGetPhysicalAddress, PhysicalAddressUna
 from ringzero.kernel.svc.registry import (KEY_VALUE_INFORMATION, OBJECT_ATTRIBUTES, RTL_QUERY_REGISTRY_TABLE,
                                           InitializeObjectAttributes, RtlQueryRegistryValues, ZwClose, ZwOpenKey,
                                           ZwQueryValueKey)
+from ringzero.kernel.ps.lookup import (PsGetProcessCreateTimeQuadPart, PsGetProcessExitStatus,
+                                      PsGetProcessImageFileName, PsGetProcessInheritedFromUniqueProcessId,
+                                      PsLookupProcessByProcessId)
+from ringzero.kernel.ps.notify import (CLIENT_ID, PS_CREATE_NOTIFY_INFO, PsSetCreateProcessNotifyRoutine,
+                                      PsSetCreateProcessNotifyRoutineEx)
 from ringzero.kernel.verifier import DriverBugcheck
 from ringzero.nt.access import *  # noqa: F401,F403
 from ringzero.nt.ioctl import *  # noqa: F401,F403

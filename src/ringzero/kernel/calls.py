@@ -138,3 +138,10 @@ def _subscribe(conn, args, rid):
 @call("dbg.recent")
 def _recent(conn, args, rid):
     return [r.as_dict() for r in dbg.recent(int(args.get("count", 100)))]
+
+
+@call("ps.notify")
+def _ps_notify(conn, args, rid):
+    """The registered process notify routines and what the connector fed them."""
+    from ringzero.kernel.ps import notify
+    return {"routines": notify.registrations(), "stats": dict(notify.stats)}

@@ -33,6 +33,7 @@ from ringzero.kernel.ke import dispatcher as ke
 from ringzero.kernel.mm import mdl as mm_mdl
 from ringzero.kernel.mm.user import NtException
 from ringzero.kernel.ob import events as obev
+from ringzero.kernel.ob import object as ob
 from ringzero.kernel.ob.handles import release_entry
 from ringzero.kernel.ps.process import EPROCESS
 from ringzero.nt import status as st
@@ -318,6 +319,7 @@ class ProgramConnection:
         proc = EPROCESS(pid, uid, gid, image, start_time=start, groups=groups,
                         handle_limit=self.host.handle_limit)
         proc.connection = self
+        ob.reference(proc)   # the process table's reference, dropped at rundown (drivers may look it up)
         self.process = proc
         current.process = proc
         with sysm.lock:
@@ -385,6 +387,7 @@ class ProgramConnection:
                     dbg.fault(f"rundown of pid {proc.pid}", e)
                 with system.get().lock:
                     system.get().processes.pop(getattr(proc, "key", proc.pid), None)
+                ob.dereference(proc)
                 for cb in list(self.host.exit_callbacks):
                     try:
                         cb(proc)

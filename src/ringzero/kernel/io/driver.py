@@ -32,6 +32,11 @@ from ringzero.nt import status as st
 _counter = itertools.count(1)
 _load_lock = threading.RLock()
 
+# Kernel components that register things on a driver's behalf (process notify
+# routines, ...) add `hook(driver) -> list[Leak]` here: at unload, and when a
+# load fails, it removes whatever the driver left registered and names it.
+unload_hooks: list = []
+
 
 class DriverLoadError(Exception):
     def __init__(self, status: int, message: str):
@@ -145,6 +150,7 @@ def _created_links(driver) -> list[str]:
 
 def _take_back(driver: DRIVER_OBJECT, before_links) -> None:
     """Undo a failed load: nothing half-created may remain."""
+    _run_unload_hooks(driver)
     for path in _created_links(driver):
         try:
             obj, _ = system.get().namespace.lookup(path, parse=False, follow_last=False)
@@ -157,6 +163,16 @@ def _take_back(driver: DRIVER_OBJECT, before_links) -> None:
         timer.KeCancelTimer(t)
     pool.reclaim_driver(driver)
     ob.remove_name(driver)
+
+
+def _run_unload_hooks(driver: DRIVER_OBJECT) -> list[Leak]:
+    out: list[Leak] = []
+    for hook in list(unload_hooks):
+        try:
+            out += hook(driver)
+        except Exception as exc:
+            dbg.fault(f"unload hook {getattr(hook, '__name__', hook)}", exc, driver)
+    return out
 
 
 def leaks_of(driver: DRIVER_OBJECT) -> list[Leak]:
@@ -221,7 +237,7 @@ def _finish_unload(driver: DRIVER_OBJECT, report: UnloadReport) -> None:
                 unload(driver)
         except Exception as exc:
             dbg.fault("DriverUnload", exc, driver)
-    report.leaks = leaks_of(driver)
+    report.leaks = leaks_of(driver) + _run_unload_hooks(driver)
     for leak in report.leaks:
         dbg.emit(f"{driver.name}: leaked at unload: {leak}", level="leak", source=driver.name)
     for path in _created_links(driver):
