@@ -19,6 +19,7 @@ SAMPLES = {
     "usedriver3": "ringzero.samples.usedriver3",
     "sharingmemory": "ringzero.samples.sharingmemory",
     "virttophys": "ringzero.samples.virttophys",
+    "prmonitor": "ringzero.samples.prmonitor",
 }
 
 
