@@ -44,9 +44,10 @@ def cli(name: str, size: int | None) -> None:
             if written < len(line):
                 click.echo(f"{PROG}: the pipe is full: {written} of {len(line)} bytes stored", err=True)
     except KeyboardInterrupt:
-        pass
-    finally:
-        h.Close()
+        return      # the program ends; the kernel closes its handle
+    except pywintypes.error as e:
+        raise click.ClickException(f"{e.funcname} on {pipe_path(name)} failed: {e.strerror} (Win32 error {e.winerror})") from None
+    h.Close()
 
 
 if __name__ == "__main__":

@@ -3,20 +3,21 @@
 The tutorial's reader: each time Enter is pressed it reads the pipe and
 prints what was there.  With --follow it switches its handle to blocking
 reads (IOCTL_EXAMPLE_SET_BLOCKING) and prints data as it arrives until
-interrupted; the read pending at Ctrl-C is cancelled by the kernel as the
-program goes.
+Ctrl-C, which cancels the pending read (CancelIoEx).
 """
 
 from __future__ import annotations
 
 import struct
 import sys
+import threading
 
 import click
 
 from ringzero.drivers.example_ioctl import EXAMPLE_BLOCKING_READS, IOCTL_EXAMPLE_SET_BLOCKING
 from ringzero.samples.example_pipe import open_pipe, pipe_path
 from ringzero.win32 import pywintypes, win32file
+from ringzero.win32.winerror import ERROR_OPERATION_ABORTED
 
 PROG = "usedriver3"
 READ_SIZE = 64 * 1024
@@ -25,6 +26,49 @@ READ_SIZE = 64 * 1024
 def _show(data: bytes) -> None:
     sys.stdout.buffer.write(data)
     sys.stdout.buffer.flush()
+
+
+def _follow(h, name: str) -> None:
+    """Blocking reads on a thread of their own; Ctrl-C in the main thread
+    cancels the pending one with CancelIoEx, as a Windows console program would."""
+    win32file.DeviceIoControl(h, IOCTL_EXAMPLE_SET_BLOCKING, struct.pack("<I", EXAMPLE_BLOCKING_READS), 0)
+    failure: list = []
+
+    def reader() -> None:
+        try:
+            while True:
+                _show(win32file.ReadFile(h, READ_SIZE)[1])
+        except pywintypes.error as e:
+            if e.winerror != ERROR_OPERATION_ABORTED:
+                failure.append(e)
+
+    t = threading.Thread(target=reader, name="usedriver3-reader", daemon=True)
+    t.start()
+    click.echo(f"{PROG}: printing what arrives on {pipe_path(name)}; Ctrl-C stops.", err=True)
+    try:
+        while t.is_alive():
+            t.join(0.5)
+    except KeyboardInterrupt:
+        win32file.CancelIoEx(h)
+        t.join()
+    if failure:
+        raise failure[0]
+
+
+def _on_enter(h, name: str) -> None:
+    interactive = sys.stdin.isatty()
+    if interactive:
+        click.echo(f"Press Enter to read {pipe_path(name)}; Ctrl-D ends.", err=True)
+    for _ in sys.stdin:
+        got = 0
+        while True:
+            _, data = win32file.ReadFile(h, READ_SIZE)
+            if not data:
+                break
+            got += len(data)
+            _show(data)
+        if not got and interactive:
+            click.echo("(nothing was written)", err=True)
 
 
 @click.command()
@@ -38,30 +82,14 @@ def cli(name: str, follow: bool) -> None:
     h = open_pipe(name, win32file.GENERIC_READ | win32file.GENERIC_WRITE, PROG)
     try:
         if follow:
-            win32file.DeviceIoControl(h, IOCTL_EXAMPLE_SET_BLOCKING, struct.pack("<I", EXAMPLE_BLOCKING_READS), 0)
-            click.echo(f"{PROG}: printing what arrives on {pipe_path(name)}; Ctrl-C stops.", err=True)
-            while True:
-                _, data = win32file.ReadFile(h, READ_SIZE)
-                _show(data)
-        interactive = sys.stdin.isatty()
-        if interactive:
-            click.echo(f"Press Enter to read {pipe_path(name)}; Ctrl-D ends.", err=True)
-        for _ in sys.stdin:
-            got = 0
-            while True:
-                _, data = win32file.ReadFile(h, READ_SIZE)
-                if not data:
-                    break
-                got += len(data)
-                _show(data)
-            if not got and interactive:
-                click.echo("(nothing was written)", err=True)
+            _follow(h, name)
+        else:
+            _on_enter(h, name)
     except KeyboardInterrupt:
-        pass
+        return      # the program ends; the kernel closes its handle
     except pywintypes.error as e:
         raise click.ClickException(f"{e.funcname} on {pipe_path(name)} failed: {e.strerror} (Win32 error {e.winerror})") from None
-    finally:
-        h.Close()
+    h.Close()
 
 
 if __name__ == "__main__":
