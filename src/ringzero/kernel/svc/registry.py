@@ -22,7 +22,7 @@ from ringzero.kernel import system
 from ringzero.kernel.context import current
 from ringzero.kernel.ob.handles import HandleError, release_entry
 from ringzero.kernel.ob.object import ObjectHeader
-from ringzero.kernel.svc import store as _store
+from ringzero.kernel.svc import store as values
 from ringzero.nt import registry as reg
 from ringzero.nt import status as st
 
@@ -222,7 +222,7 @@ def _query_base(RelativeTo: int, Path) -> str:
 
 def _deliver(entry: RTL_QUERY_REGISTRY_TABLE, name, value_type: int, data: bytes, context) -> int:
     if entry.Flags & reg.RTL_QUERY_REGISTRY_DIRECT:
-        entry.EntryContext = _store.decode(value_type, data)
+        entry.EntryContext = values.decode(value_type, data)
         return st.STATUS_SUCCESS
     status = entry.QueryRoutine(name, value_type, data, len(data), context, entry.EntryContext)
     return st.STATUS_SUCCESS if status is None else status
@@ -268,7 +268,7 @@ def RtlQueryRegistryValues(RelativeTo: int, Path, QueryTable, Context=None, Envi
             default_type = entry.DefaultType & 0x00FFFFFF
             if default_type == reg.REG_NONE:
                 continue
-            found = (str(entry.Name), default_type, _store.encode(default_type, entry.DefaultData))
+            found = (str(entry.Name), default_type, values.encode(default_type, entry.DefaultData))
         name, value_type, data = found
         if entry.Flags & reg.RTL_QUERY_REGISTRY_TYPECHECK:
             want = entry.DefaultType >> reg.RTL_QUERY_REGISTRY_TYPECHECK_SHIFT
