@@ -10,8 +10,8 @@ ZwQueryValueKey, ZwClose and RtlQueryRegistryValues, over the service store.
 A key handle is an ordinary handle: with OBJ_KERNEL_HANDLE it lives in the
 system process's table (its value has the kernel-handle bits set, as on NT);
 without, in the table of the process whose context the driver runs in.  A
-driver that unloads with key handles still open has leaked them: the service
-control manager reports and closes them (`leftover_keys`).
+driver that unloads with key handles still open has leaked them: they are
+closed and named in its unload report (a hook of the I/O manager's unload).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import struct
 
 from ringzero.kernel import system
 from ringzero.kernel.context import current
+from ringzero.kernel.io import driver as iodriver
 from ringzero.kernel.ob.handles import HandleError, release_entry
 from ringzero.kernel.ob.object import ObjectHeader
 from ringzero.kernel.svc import store as values
@@ -282,8 +283,8 @@ def RtlQueryRegistryValues(RelativeTo: int, Path, QueryTable, Context=None, Envi
     return st.STATUS_SUCCESS
 
 
-def leftover_keys(driver) -> list[str]:
-    """Close the key handles `driver` left open; their paths, for the leak report."""
+def _keys_left_open(driver) -> list:
+    """Unload hook: close the key handles `driver` left open and name them."""
     out = []
     sysm = system.get()
     for proc in [sysm.system_process, *list(sysm.processes.values())]:
@@ -295,5 +296,8 @@ def leftover_keys(driver) -> list[str]:
                 except HandleError:
                     continue
                 release_entry(entry, proc)
-                out.append(obj.path)
+                out.append(iodriver.Leak("handle", f"registry key {obj.path} not closed"))
     return out
+
+
+iodriver.unload_hooks.append(_keys_left_open)

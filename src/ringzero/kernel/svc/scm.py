@@ -407,10 +407,6 @@ class ServiceControlManager:
 
     def _unloaded(self, svc: Service, drv, report) -> None:
         leaks = [str(x) for x in report.leaks]
-        for path in registry.leftover_keys(drv):
-            leak = f"handle: registry key {path} not closed"
-            dbg.emit(f"{drv.name}: leaked at unload: {leak}", level="leak", source=drv.name)
-            leaks.append(leak)
         with self.lock:
             if svc.driver is drv:
                 svc.state, svc.driver, svc.exit_code, svc.leaks = sv.SERVICE_STOPPED, None, we.NO_ERROR, leaks
