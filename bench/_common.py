@@ -1,0 +1,71 @@
+"""What the benchmarks share: a writer and a reader process started together,
+timed on the system-wide monotonic clock, and medians with their spread."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def now() -> float:
+    """CLOCK_MONOTONIC: one clock for every process on the machine."""
+    return time.monotonic()
+
+
+def role_command(module: str, role: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", module, "--role", role, *args]
+
+
+def run_pair(writer: list[str], reader: list[str], pass_fds=(), timeout: float = 300.0) -> tuple[dict, dict]:
+    """Start `reader` then `writer`; each prints "ready", waits for a line on
+    stdin, runs, and prints one JSON line.  Both are released together."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (os.path.join(ROOT, "src"), ROOT, env.get("PYTHONPATH")) if p)
+    procs = []
+    try:
+        for cmd in (reader, writer):
+            p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env,
+                                 pass_fds=pass_fds)
+            procs.append(p)
+            line = p.stdout.readline()
+            if line.strip() != "ready":
+                raise RuntimeError(f"{' '.join(cmd)} did not start (said {line!r})")
+        for p in procs:
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        results = []
+        for p in procs:
+            out, _ = p.communicate(timeout=timeout)
+            if p.returncode != 0:
+                raise RuntimeError(f"a benchmark process failed with code {p.returncode}")
+            results.append(json.loads(out.strip().splitlines()[-1]))
+        return results[1], results[0]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def ready_then_wait() -> None:
+    print("ready", flush=True)
+    sys.stdin.readline()
+
+
+def report(result: dict) -> None:
+    print(json.dumps(result), flush=True)
+
+
+def spread(values: list[float]) -> tuple[float, float, float]:
+    """(median, min, max)."""
+    return statistics.median(values), min(values), max(values)
+
+
+def gbps(n_bytes: int, seconds: float) -> float:
+    return n_bytes / seconds / 1e9

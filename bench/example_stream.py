@@ -1,0 +1,168 @@
+"""Streaming through the Example driver against a raw Unix-socket stream.
+
+A writer process writes CHUNK-byte chunks to \\\\.\\Example\\Bench and a reader
+process, whose handle does blocking reads, reads them back, through a kernel
+started for the benchmark; then the same bytes go between two Python
+processes over a Unix stream socket.  Each is run several times; the
+medians, their spread and the ratio are printed.
+
+    PYTHONPATH=src python -m bench.example_stream [--runs 5] [--mib 256]
+
+Throughput is the bytes moved over the time from the writer's start to the
+reader's last byte.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import struct
+import sys
+
+from bench._common import gbps, now, ready_then_wait, report, role_command, run_pair, spread
+
+MODULE = "bench.example_stream"
+PIPE = "\\\\.\\Example\\Bench"
+
+
+# -- the processes ---------------------------------------------------------------
+
+def _open_pipe():
+    from ringzero.win32 import win32file
+    return win32file.CreateFile(PIPE, win32file.GENERIC_READ | win32file.GENERIC_WRITE, 0, None,
+                                win32file.OPEN_EXISTING, 0, None)
+
+
+def rz_reader(total: int, chunk: int, ring: int) -> None:
+    from ringzero.drivers.example_ioctl import EXAMPLE_BLOCKING_READS, IOCTL_EXAMPLE_SET_BLOCKING, IOCTL_EXAMPLE_SET_SIZE
+    from ringzero.win32 import win32file
+    h = _open_pipe()
+    win32file.DeviceIoControl(h, IOCTL_EXAMPLE_SET_SIZE, struct.pack("<I", ring), 0)
+    win32file.DeviceIoControl(h, IOCTL_EXAMPLE_SET_BLOCKING, struct.pack("<I", EXAMPLE_BLOCKING_READS), 0)
+    buf = win32file.AllocateReadBuffer(chunk)
+    ready_then_wait()
+    got = reads = 0
+    while got < total:
+        _, data = win32file.ReadFile(h, buf)
+        got += len(data)
+        reads += 1
+    t1 = now()
+    h.Close()
+    report({"t1": t1, "bytes": got, "reads": reads})
+
+
+def rz_writer(total: int, chunk: int) -> None:
+    from ringzero.win32 import win32file
+    h = _open_pipe()
+    data = os.urandom(chunk)
+    ready_then_wait()
+    t0 = now()
+    sent = writes = short = 0
+    while sent < total:
+        n = min(chunk, total - sent)
+        _, w = win32file.WriteFile(h, data[:n] if n < chunk else data)
+        writes += 1
+        while w < n:                      # the ring is full: store the rest when there is room
+            short += 1
+            os.sched_yield()
+            w += win32file.WriteFile(h, data[w:n])[1]
+            writes += 1
+        sent += n
+    report({"t0": t0, "bytes": sent, "writes": writes, "short_writes": short})
+    h.Close()
+
+
+def sock_reader(fd: int, total: int, chunk: int) -> None:
+    s = socket.socket(fileno=fd)
+    buf = bytearray(chunk)
+    ready_then_wait()
+    got = reads = 0
+    while got < total:
+        n = s.recv_into(buf)
+        if not n:
+            break
+        got += n
+        reads += 1
+    report({"t1": now(), "bytes": got, "reads": reads})
+
+
+def sock_writer(fd: int, total: int, chunk: int) -> None:
+    s = socket.socket(fileno=fd)
+    data = os.urandom(chunk)
+    ready_then_wait()
+    t0 = now()
+    sent = 0
+    while sent < total:
+        n = min(chunk, total - sent)
+        s.sendall(data[:n] if n < chunk else data)
+        sent += n
+    report({"t0": t0, "bytes": sent})
+
+
+# -- the runs ----------------------------------------------------------------------
+
+def run_ringzero(total: int, chunk: int, ring: int) -> tuple[float, dict, dict]:
+    w, r = run_pair(role_command(MODULE, "rz-writer", str(total), str(chunk)),
+                    role_command(MODULE, "rz-reader", str(total), str(chunk), str(ring)))
+    if r["bytes"] != total:
+        raise RuntimeError(f"the reader got {r['bytes']} of {total} bytes")
+    return gbps(total, r["t1"] - w["t0"]), w, r
+
+
+def run_socket(total: int, chunk: int) -> float:
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        w, r = run_pair(role_command(MODULE, "sock-writer", str(a.fileno()), str(total), str(chunk)),
+                        role_command(MODULE, "sock-reader", str(b.fileno()), str(total), str(chunk)),
+                        pass_fds=(a.fileno(), b.fileno()))
+    finally:
+        a.close()
+        b.close()
+    if r["bytes"] != total:
+        raise RuntimeError(f"the socket reader got {r['bytes']} of {total} bytes")
+    return gbps(total, r["t1"] - w["t0"])
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.example_stream", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--runs", type=int, default=5, help="runs of each (default 5)")
+    ap.add_argument("--mib", type=int, default=256, help="MiB streamed per run (default 256)")
+    ap.add_argument("--chunk", type=int, default=64 * 1024, help="bytes per write and per read (default 65536)")
+    ap.add_argument("--ring", type=int, default=1 << 20, help="the context's ring-buffer size (default 1 MiB)")
+    ap.add_argument("--role", help=argparse.SUPPRESS)
+    ap.add_argument("args", nargs="*", help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    if a.role:
+        roles = {"rz-reader": rz_reader, "rz-writer": rz_writer, "sock-reader": sock_reader, "sock-writer": sock_writer}
+        roles[a.role](*map(int, a.args))
+        return 0
+
+    from ringzero import client
+    from ringzero.drivers.example_ioctl import EXAMPLE_MAX_BUFFER_SIZE
+    if not 0 < a.ring <= EXAMPLE_MAX_BUFFER_SIZE:
+        ap.error(f"--ring must be 1 .. {EXAMPLE_MAX_BUFFER_SIZE}")
+    total = a.mib * 1024 * 1024
+    client.start_embedded_kernel()       # a kernel of the benchmark's own; programs find it through the environment
+    client.ensure_driver("Example", "ringzero.drivers.example")
+    client.disconnect()
+    print(f"{a.runs} runs of {a.mib} MiB in {a.chunk}-byte chunks; Example ring {a.ring} bytes; "
+          f"{os.cpu_count()} CPUs; Python {sys.version.split()[0]}")
+    rz, sock, shorts = [], [], []
+    for i in range(a.runs):
+        rate, w, r = run_ringzero(total, a.chunk, a.ring)
+        rz.append(rate)
+        shorts.append(w["short_writes"])
+        sock.append(run_socket(total, a.chunk))
+        print(f"  run {i + 1}: Example {rz[-1]:.3f} GB/s ({w['writes']} writes, {w['short_writes']} short; "
+              f"{r['reads']} reads)   socket {sock[-1]:.3f} GB/s", flush=True)
+    (rm, rlo, rhi), (sm, slo, shi) = spread(rz), spread(sock)
+    print(f"Example driver  median {rm:.3f} GB/s  (min {rlo:.3f}, max {rhi:.3f})")
+    print(f"Unix socket     median {sm:.3f} GB/s  (min {slo:.3f}, max {shi:.3f})")
+    print(f"ratio           {rm / sm:.3f} of the raw socket")
+    client.stop_embedded_kernel()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
