@@ -28,25 +28,42 @@ PIPE = "\\\\.\\Example\\Bench"
 
 # -- the processes ---------------------------------------------------------------
 
-def _open_pipe():
+def _open_pipe(flags: int = 0):
     from ringzero.win32 import win32file
     return win32file.CreateFile(PIPE, win32file.GENERIC_READ | win32file.GENERIC_WRITE, 0, None,
-                                win32file.OPEN_EXISTING, 0, None)
+                                win32file.OPEN_EXISTING, flags, None)
 
 
-def rz_reader(total: int, chunk: int, ring: int) -> None:
+def rz_reader(total: int, chunk: int, ring: int, depth: int) -> None:
     from ringzero.drivers.example_ioctl import EXAMPLE_BLOCKING_READS, IOCTL_EXAMPLE_SET_BLOCKING, IOCTL_EXAMPLE_SET_SIZE
-    from ringzero.win32 import win32file
-    h = _open_pipe()
+    from ringzero.win32 import pywintypes, win32file
+    h = _open_pipe(win32file.FILE_FLAG_OVERLAPPED if depth > 1 else 0)
     win32file.DeviceIoControl(h, IOCTL_EXAMPLE_SET_SIZE, struct.pack("<I", ring), 0)
     win32file.DeviceIoControl(h, IOCTL_EXAMPLE_SET_BLOCKING, struct.pack("<I", EXAMPLE_BLOCKING_READS), 0)
-    buf = win32file.AllocateReadBuffer(chunk)
+    bufs = [win32file.AllocateReadBuffer(chunk) for _ in range(depth)]
     ready_then_wait()
     got = reads = 0
-    while got < total:
-        _, data = win32file.ReadFile(h, buf)
-        got += len(data)
-        reads += 1
+    if depth == 1:
+        while got < total:
+            _, data = win32file.ReadFile(h, bufs[0])
+            got += len(data)
+            reads += 1
+    else:
+        # `depth` overlapped reads pending at once, completed (and reissued) oldest first
+        pending = []
+        for buf in bufs:
+            ov = pywintypes.OVERLAPPED()
+            win32file.ReadFile(h, buf, ov)
+            pending.append((ov, buf))
+        while got < total:
+            ov, buf = pending.pop(0)
+            got += win32file.GetOverlappedResult(h, ov, True)
+            reads += 1
+            if got < total:
+                ov = pywintypes.OVERLAPPED()
+                win32file.ReadFile(h, buf, ov)
+                pending.append((ov, buf))
+        win32file.CancelIo(h)
     t1 = now()
     h.Close()
     report({"t1": t1, "bytes": got, "reads": reads})
@@ -102,9 +119,9 @@ def sock_writer(fd: int, total: int, chunk: int) -> None:
 
 # -- the runs ----------------------------------------------------------------------
 
-def run_ringzero(total: int, chunk: int, ring: int) -> tuple[float, dict, dict]:
+def run_ringzero(total: int, chunk: int, ring: int, depth: int) -> tuple[float, dict, dict]:
     w, r = run_pair(role_command(MODULE, "rz-writer", str(total), str(chunk)),
-                    role_command(MODULE, "rz-reader", str(total), str(chunk), str(ring)))
+                    role_command(MODULE, "rz-reader", str(total), str(chunk), str(ring), str(depth)))
     if r["bytes"] != total:
         raise RuntimeError(f"the reader got {r['bytes']} of {total} bytes")
     return gbps(total, r["t1"] - w["t0"]), w, r
@@ -130,6 +147,8 @@ def main(argv=None) -> int:
     ap.add_argument("--mib", type=int, default=256, help="MiB streamed per run (default 256)")
     ap.add_argument("--chunk", type=int, default=64 * 1024, help="bytes per write and per read (default 65536)")
     ap.add_argument("--ring", type=int, default=1 << 20, help="the context's ring-buffer size (default 1 MiB)")
+    ap.add_argument("--depth", type=int, default=1,
+                    help="overlapped reads the reader keeps pending (default 1: one synchronous read at a time)")
     ap.add_argument("--role", help=argparse.SUPPRESS)
     ap.add_argument("args", nargs="*", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
@@ -146,11 +165,11 @@ def main(argv=None) -> int:
     client.start_embedded_kernel()       # a kernel of the benchmark's own; programs find it through the environment
     client.ensure_driver("Example", "ringzero.drivers.example")
     client.disconnect()
-    print(f"{a.runs} runs of {a.mib} MiB in {a.chunk}-byte chunks; Example ring {a.ring} bytes; "
+    print(f"{a.runs} runs of {a.mib} MiB in {a.chunk}-byte chunks; Example ring {a.ring} bytes, {a.depth} read(s) pending; "
           f"{os.cpu_count()} CPUs; Python {sys.version.split()[0]}")
     rz, sock, shorts = [], [], []
     for i in range(a.runs):
-        rate, w, r = run_ringzero(total, a.chunk, a.ring)
+        rate, w, r = run_ringzero(total, a.chunk, a.ring, a.depth)
         rz.append(rate)
         shorts.append(w["short_writes"])
         sock.append(run_socket(total, a.chunk))

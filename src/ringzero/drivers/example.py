@@ -112,6 +112,7 @@ def Example_ReadData(pExampleList, pBuffer, uiLength):
     if uiLength == 0:
         return 0
     pRing = memoryview(pExampleList.pCircularBuffer)
+    pBuffer = memoryview(pBuffer)          # a straight memcpy (bytearray slice assignment copies twice)
     uiStart = pExampleList.uiStartIndex
     uiFirst = min(uiLength, pExampleList.uiBufferSize - uiStart)
     pBuffer[:uiFirst] = pRing[uiStart:uiStart + uiFirst]
@@ -303,7 +304,7 @@ def Example_Write(DeviceObject, Irp):
         if IoSetCancelRoutine(pReadIrp, NULL) is None:
             continue        # IoCancelIrp has it: Example_CancelRead completes it
         uiPart = min(uiLength - uiWritten, IoGetCurrentIrpStackLocation(pReadIrp).Parameters.Read.Length)
-        pReadIrp.AssociatedIrp.SystemBuffer[:uiPart] = pData[uiWritten:uiWritten + uiPart]
+        memoryview(pReadIrp.AssociatedIrp.SystemBuffer)[:uiPart] = pData[uiWritten:uiWritten + uiPart]
         pReadIrp.IoStatus.Status = STATUS_SUCCESS
         pReadIrp.IoStatus.Information = uiPart
         pSatisfied.append(pReadIrp)
