@@ -31,7 +31,7 @@ from ringzero.drivers.prmonitor_ioctl import (DOS_NAME, DRIVER_MODULE, IOCTL_GET
 from ringzero.kernel.ke.clock import EPOCH_DIFFERENCE_100NS
 from ringzero.win32 import pywintypes, win32con, win32event, win32file, winerror
 
-OUTSTANDING = 4     # WAITINFO requests kept pending in inverted mode
+OUTSTANDING = 8     # WAITINFO requests kept pending in inverted mode
 EPOCH_1601 = datetime.datetime(1601, 1, 1, tzinfo=datetime.timezone.utc)
 
 
@@ -121,41 +121,42 @@ def monitor_with_event(hDevice, printer: Printer, ready=None) -> None:
 
 def monitor_inverted(hDevice, printer: Printer, ready=None, outstanding: int = OUTSTANDING) -> None:
     """Keep `outstanding` WAITINFO requests pending; the driver completes them
-    oldest first, so the oldest is always the one to wait for."""
+    oldest first, so the oldest is always the one to wait for.  Each request
+    keeps its OVERLAPPED (and event) and buffer, and is sent again as soon as
+    its record is printed."""
     slots = []
+    pending = []      # posted and not yet collected, oldest first
     try:
         for _ in range(outstanding):
-            slots.append(_post(hDevice))
+            ov = pywintypes.OVERLAPPED()
+            ov.hEvent = win32event.CreateEvent(None, True, False, None)
+            slots.append((ov, win32file.AllocateReadBuffer(PRM_MAX_RECORD)))
+        for ov, buf in slots:
+            win32file.DeviceIoControl(hDevice, IOCTL_WAITINFO, None, buf, ov)
+            pending.append((ov, buf))
         if ready is not None:
             ready()
         while not printer.done:
-            ov, buf = slots.pop(0)
+            ov, buf = pending[0]
             n = win32file.GetOverlappedResult(hDevice, ov, True)
+            pending.pop(0)
             printer.show(bytes(buf[:n]))
-            ov.hEvent.Close()
-            slots.append(_post(hDevice))
+            win32file.DeviceIoControl(hDevice, IOCTL_WAITINFO, None, buf, ov)
+            pending.append((ov, buf))
     finally:
-        if slots:
+        if pending:
             try:
                 win32file.CancelIo(hDevice)
             except pywintypes.error:
                 pass
-            for ov, _ in slots:
-                try:
-                    win32file.GetOverlappedResult(hDevice, ov, True)
-                except pywintypes.error as e:
-                    if e.winerror != winerror.ERROR_OPERATION_ABORTED:
-                        raise
-                finally:
-                    ov.hEvent.Close()
-
-
-def _post(hDevice):
-    ov = pywintypes.OVERLAPPED()
-    ov.hEvent = win32event.CreateEvent(None, True, False, None)
-    buf = win32file.AllocateReadBuffer(PRM_MAX_RECORD)
-    win32file.DeviceIoControl(hDevice, IOCTL_WAITINFO, None, buf, ov)
-    return ov, buf
+        for ov, _ in pending:
+            try:
+                win32file.GetOverlappedResult(hDevice, ov, True)
+            except pywintypes.error as e:
+                if e.winerror != winerror.ERROR_OPERATION_ABORTED:
+                    raise
+        for ov, _ in slots:
+            ov.hEvent.Close()
 
 
 def start() -> None:

@@ -60,6 +60,7 @@ from ringzero.nt import status as st
 
 MAX_ROUTINES = 64          # NT's PSP_MAX_CREATE_PROCESS_NOTIFY, shared by both kinds
 EXEC_GRACE = 0.05          # seconds a new child has to exec before it is reported as forked
+_GRACE_NS = int(EXEC_GRACE * 1e9)
 _IDLE_POLL_MS = 1000
 
 
@@ -115,8 +116,7 @@ class _Birth:
     pid: int
     parent_pid: int
     parent_tid: int
-    fork_ns: int
-    deadline: float
+    fork_ns: int               # the connector's CLOCK_MONOTONIC time of the fork
     image_path: str = ""
     command_line: str = ""
     full_name: bool = False
@@ -145,6 +145,7 @@ class _Feeder:
         self._births: dict[int, _Birth] = {}
         self._live: dict[int, object] = {}
         self._leader_gone: set[int] = set()
+        self._clock_ns = 0          # the latest event time read: how far the stream has been followed
         self.thread = threading.Thread(target=self._run, name="ringzero-psnotify", daemon=True)
 
     def start(self) -> None:
@@ -172,16 +173,19 @@ class _Feeder:
             while not self.stopping:
                 timeout = _IDLE_POLL_MS
                 if self._births:
-                    soonest = min(b.deadline for b in self._births.values())
-                    timeout = max(0, int((soonest - time.monotonic()) * 1000) + 1)
+                    soonest = min(b.fork_ns for b in self._births.values()) + _GRACE_NS
+                    timeout = max(0, (soonest - time.monotonic_ns()) // 1_000_000 + 1)
                 ready = poller.poll(timeout)
                 if self.stopping:
                     break
                 if any(fd == self.source.fileno() for fd, _ in ready):
                     for ev in self.source.read(0):
+                        self._clock_ns = max(self._clock_ns, ev.timestamp_ns)
                         self._handle(ev)
                         if self.stopping:
                             break
+                else:
+                    self._clock_ns = max(self._clock_ns, time.monotonic_ns())   # caught up: the stream is now
                 self._expire_births()
         except Exception as exc:  # a bug of ours: say so, and stop feeding rather than spin
             dbg.fault("process notify thread", exc)
@@ -216,7 +220,7 @@ class _Feeder:
     def _fork(self, ev: connector.ProcEvent) -> None:
         # nothing is read here: a process that execs at once (most do) must
         # be read the moment its exec is seen, before it can exit
-        birth = _Birth(ev.pid, ev.parent_pid, ev.parent_tid, ev.timestamp_ns, time.monotonic() + EXEC_GRACE)
+        birth = _Birth(ev.pid, ev.parent_pid, ev.parent_tid, ev.timestamp_ns)
         stale = self._live.pop(ev.pid, None)   # an exit we never heard of (overrun): the pid is reused
         if stale is not None:
             lookup.forget(stale)
@@ -244,10 +248,12 @@ class _Feeder:
         birth.command_line = procinfo.command_line(birth.pid)
 
     def _expire_births(self) -> None:
+        """Births whose grace has passed on the stream's own clock: a reader
+        that fell behind must not give up on an exec that is still queued."""
         if not self._births:
             return
-        now = time.monotonic()
-        for birth in [b for b in self._births.values() if b.deadline <= now]:
+        limit = self._clock_ns - _GRACE_NS
+        for birth in [b for b in self._births.values() if b.fork_ns <= limit]:
             del self._births[birth.pid]
             self._read_facts(birth, after_exec=False)
             self._created(birth)
