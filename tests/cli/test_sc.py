@@ -35,6 +35,7 @@ def test_create_start_query_qc_stop_delete(bare_kernel):
     assert sc(k, "create", "SvcProbe", "binPath=", PROBE, "type=", "kernel", "start=", "demand", "error=", "ignore",
               "DisplayName=", "Service probe") == (0, ["[SC] CreateService SUCCESS"])
     assert sc(k, "query", "SvcProbe") == (0, STOPPED_NEVER_STARTED)
+    assert "SvcProbe: DriverEntry" not in k.log()
     assert sc(k, "start", "SvcProbe") == (0, [
         "",
         "SERVICE_NAME: SvcProbe",
@@ -65,8 +66,11 @@ def test_create_start_query_qc_stop_delete(bare_kernel):
     code, out = sc(k, "query")
     assert code == 0 and out[:3] == ["", "SERVICE_NAME: SvcProbe", "DISPLAY_NAME: Service probe"]
     assert sc(k, "query", "state=", "inactive") == (0, [""])
+    assert "SvcProbe: DriverEntry \\Registry\\Machine\\System\\CurrentControlSet\\Services\\SvcProbe" in k.log()
+    assert "SvcProbe: DriverUnload" not in k.log()
     code, out = sc(k, "stop", "SvcProbe")
     assert code == 0 and out[3] == "        STATE              : 1  STOPPED" and len(out) == 8
+    assert "SvcProbe: DriverUnload" in k.log()
     assert sc(k, "config", "SvcProbe", "start=", "auto") == (0, ["[SC] ChangeServiceConfig SUCCESS"])
     assert sc(k, "qc", "SvcProbe")[1][4] == "        START_TYPE         : 2   AUTO_START"
     assert sc(k, "delete", "SvcProbe") == (0, ["[SC] DeleteService SUCCESS"])
