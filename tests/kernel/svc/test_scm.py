@@ -206,7 +206,9 @@ def test_a_failing_driver_entry_is_the_services_exit_code_and_leaves_nothing(bar
     assert e.value.winerror == error
     assert ws.QueryServiceStatus(svc)[1:4] == (SERVICE_STOPPED, 0, error)
     assert "SvcProbe" not in devices()
-    assert "SvcProbe" not in client.connection().call("obj.list", path="\\Driver")["children"]
+    links = [c["name"] for c in client.connection().call("obj.list", path="\\??")["children"]]
+    assert "SvcProbe" not in links
+    assert "SvcProbe" not in [c["name"] for c in client.connection().call("obj.list", path="\\Driver")["children"]]
     assert "SvcProbe" not in client.connection().call("kernel.info")["drivers"]
 
 

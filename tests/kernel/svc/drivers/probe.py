@@ -49,8 +49,6 @@ def DriverEntry(DriverObject, RegistryPath):
     entry_status = _dword(hKey, "EntryStatus")
     must_raise = _dword(hKey, "Raise")
     ZwClose(hKey)
-    if must_raise:
-        raise RuntimeError("SvcProbe was told to raise in DriverEntry")
     table = [RTL_QUERY_REGISTRY_TABLE(None, RTL_QUERY_REGISTRY_DIRECT, "Greeting", None, REG_SZ, "hello", 0)]
     status = RtlQueryRegistryValues(RTL_REGISTRY_ABSOLUTE, RegistryPath + "\\Parameters", table, None, None)
     if not NT_SUCCESS(status):
@@ -63,8 +61,10 @@ def DriverEntry(DriverObject, RegistryPath):
     if not NT_SUCCESS(status):
         IoDeleteDevice(device)
         return status
+    if must_raise:              # both after creating things: the kernel takes them back
+        raise RuntimeError("SvcProbe was told to raise in DriverEntry")
     if entry_status:
-        return entry_status     # a DriverEntry that fails after creating things: the kernel takes them back
+        return entry_status
     DriverObject.MajorFunction[IRP_MJ_CREATE] = DispatchCreateClose
     DriverObject.MajorFunction[IRP_MJ_CLOSE] = DispatchCreateClose
     DriverObject.DriverUnload = DriverUnload
