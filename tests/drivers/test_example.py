@@ -105,8 +105,8 @@ def test_hello_in_any_case_reaches_one_context(ex):
     r = ex.run(program('''
         h = pipe("Hello")
         win32file.WriteFile(h, b"from Hello")
-        print(query_info := EXAMPLE_QUERY_INFORMATION.from_buffer_copy(
-            win32file.DeviceIoControl(h, IOCTL_EXAMPLE_QUERY, None, 24)).ReferenceCount)
+        info = EXAMPLE_QUERY_INFORMATION.from_buffer_copy(win32file.DeviceIoControl(h, IOCTL_EXAMPLE_QUERY, None, 24))
+        print(info.ReferenceCount)
         h.Close()
     '''))
     assert r.stdout.split() == ["2"]          # this program's handle and ours
