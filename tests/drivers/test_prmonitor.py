@@ -9,7 +9,6 @@ import os
 import queue
 import signal
 import statistics
-import struct
 import subprocess
 import sys
 import threading
@@ -45,12 +44,14 @@ def drain(h) -> list[P.ProcessRecord]:
             return out
 
 
-def spawn_true(n: int) -> list[int]:
+def spawn_true(n: int, pause: float = 0.0) -> list[int]:
     pids = []
     for _ in range(n):
         p = subprocess.Popen(["/bin/true"])
         p.wait()
         pids.append(p.pid)
+        if pause:
+            time.sleep(pause)
     return pids
 
 
@@ -73,9 +74,17 @@ class Monitor:
     """The sample program, run as its own process with --json; its lines are
     collected by a thread."""
 
-    def __init__(self, kernel, mode: str):
-        self.proc = subprocess.Popen([sys.executable, "-m", "ringzero.samples.prmonitor", "--mode", mode, "--json"],
-                                     env=kernel.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    def __init__(self, kernel, mode: str, outstanding: int | None = None):
+        if outstanding is None:
+            cmd = [sys.executable, "-m", "ringzero.samples.prmonitor", "--mode", mode, "--json"]
+        else:       # the sample's inverted loop with more requests pending
+            cmd = [sys.executable, "-c", f"""if True:
+                import sys
+                from ringzero.samples import prmonitor as m
+                h = m.open_device(overlapped=True)
+                ready = lambda: print("monitoring process creation", file=sys.stderr, flush=True)
+                m.monitor_inverted(h, m.Printer(None, True), ready, outstanding={outstanding})"""]
+        self.proc = subprocess.Popen(cmd, env=kernel.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         banner = self.proc.stderr.readline()
         assert "monitoring process creation" in banner, banner + self.proc.stderr.read()
         self.lines: queue.Queue = queue.Queue()
@@ -291,7 +300,7 @@ def test_queue_policy_keeps_the_newest_and_counts_what_it_dropped():
 
 
 def test_a_handle_that_does_not_read_loses_the_oldest_and_says_exactly_how_many(prm):
-    witness = Monitor(prm, "inverted")     # sees every event, in order, and must drop none
+    witness = Monitor(prm, "inverted", outstanding=64)     # sees every event, in order, and must drop none
     try:
         h = open_dev()
         ev = win32event.CreateEvent(None, False, False, None)
@@ -301,8 +310,9 @@ def test_a_handle_that_does_not_read_loses_the_oldest_and_says_exactly_how_many(
         assert wait_until(lambda: before.extend(drain(h)) or any(r.pid == marker and r.exited for r in before),
                           timeout=20)
         last = before[-1]
-        # 1000 events of ours (500 processes), and whatever else the machine does, unread
-        pids = spawn_true(500)
+        # 1000 events of ours (500 processes), and whatever else the machine does, unread;
+        # paced so that the witness, which does read, keeps up
+        pids = spawn_true(500, pause=0.002)
         assert witness.collect_until(lambda: any(r["pid"] == pids[-1] and r["event"] == "exit"
                                                  for r in witness.records[-50:]), timeout=120)
         after = drain(h)

@@ -52,12 +52,22 @@ def as_dict(rec: ProcessRecord, printed_at: int) -> dict:
     return d
 
 
+_CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F]} | {0x0A: "\\n", 0x09: "\\t", 0x0D: "\\r"}
+
+
+def one_line(text: str) -> str:
+    """Control characters (a command line may hold newlines) escaped, so a record stays one line."""
+    return text.translate(_CONTROL)
+
+
 def format_line(rec: ProcessRecord) -> str:
     when = (EPOCH_1601 + datetime.timedelta(microseconds=rec.time // 10)).astimezone()
     head = f"{when:%H:%M:%S}.{when.microsecond // 1000:03d}  "
     if rec.created:
-        return f"{head}start  pid {rec.pid:>7}  ppid {rec.parent_pid:>7}  {rec.image}  {rec.command_line}".rstrip()
-    return f"{head}exit   pid {rec.pid:>7}  ppid {rec.parent_pid:>7}  {rec.image}  (status {rec.exit_status})"
+        return (f"{head}start  pid {rec.pid:>7}  ppid {rec.parent_pid:>7}  {one_line(rec.image) or '?'}  "
+                f"{one_line(rec.command_line)}").rstrip()
+    return (f"{head}exit   pid {rec.pid:>7}  ppid {rec.parent_pid:>7}  {one_line(rec.image) or '?'}  "
+            f"(status {rec.exit_status})")
 
 
 class Printer:

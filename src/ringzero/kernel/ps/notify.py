@@ -44,12 +44,13 @@ the kernel did not see.  If the connector itself overruns (the socket's
 
 from __future__ import annotations
 
+import errno
 import os
 import select
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ringzero.kernel import dbg, system
 from ringzero.kernel.context import PASSIVE_LEVEL, calling_driver, current, in_process
@@ -78,9 +79,9 @@ class PS_CREATE_NOTIFY_INFO:
     `ImageFileName` is the executable's full path when `FileOpenNameAvailable`,
     else the task name the kernel still had; `CommandLine` is '' when the
     process was gone before it could be read.  A routine may set
-    `CreationStatus` to an error status to deny the creation: Linux cannot
-    undo a fork, so the process is killed (SIGKILL) at once, before it runs
-    any further, and the denial is logged."""
+    `CreationStatus` to an error status to deny the creation: Linux tells
+    no one before a process runs, so it is killed (SIGKILL) as soon as the
+    routines return (it may have run briefly), and the denial is logged."""
 
     __slots__ = ("Size", "Flags", "FileOpenNameAvailable", "IsSubsystemProcess", "ParentProcessId",
                  "CreatingThreadId", "FileObject", "ImageFileName", "CommandLine", "CreationStatus")
@@ -129,7 +130,6 @@ stats = {"events": 0, "created": 0, "exited": 0, "overruns": 0, "denied": 0}
 
 
 def _status_for(err: connector.ConnectorUnavailable) -> int:
-    import errno
     if err.errno in (errno.EPERM, errno.EACCES):
         return st.STATUS_ACCESS_DENIED
     return st.STATUS_NOT_SUPPORTED
@@ -188,6 +188,7 @@ class _Feeder:
                     self._clock_ns = max(self._clock_ns, time.monotonic_ns())   # caught up: the stream is now
                 self._expire_births()
         except Exception as exc:  # a bug of ours: say so, and stop feeding rather than spin
+            self.stopping = True      # the next registration starts a fresh thread
             dbg.fault("process notify thread", exc)
         finally:
             self.source.close()
@@ -341,6 +342,7 @@ class _Feeder:
             ob.dereference(proc)
         for pid in [p for p in self._births if not os.path.exists(f"/proc/{p}")]:
             del self._births[pid]
+        self._leader_gone = {p for p in self._leader_gone if os.path.exists(f"/proc/{p}")}
 
 
 def _other_threads_alive(pid: int, exiting_tid: int = 0) -> bool:
