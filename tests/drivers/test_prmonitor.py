@@ -434,7 +434,7 @@ def test_the_demo_scene_reports_its_own_processes(prm):
     r = prm.run("""
         from ringzero.samples import prmonitor
         class Console:
-            def print(self, text):
+            def print(self, text, **style):
                 print(text, flush=True)
         assert prmonitor.demo(Console())
     """, timeout=120)

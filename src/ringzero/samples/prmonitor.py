@@ -210,10 +210,15 @@ def run(count: int | None, mode: str, as_json: bool, out=None, ready=None) -> in
 
 def demo(console, processes=(["/bin/true"], ["/bin/echo", "hello from a child"], ["/bin/sleep", "0.2"])) -> bool:
     """For `ringzero demo`: in each mode, start monitoring, start a few
-    processes, and show the driver reporting each one's start and exit (other
-    processes of the machine are left out).  True when all were reported."""
+    processes, and show the driver reporting each one's start and exit (the
+    machine's other processes are left out).  Raises when one was missed."""
     start()
-    ok = True
+    intro = {
+        "event": "CreateEvent, then DeviceIoControl(IOCTL_STARTHOOK, its handle): the driver references "
+                 "our event; on each wake, IOCTL_GETINFO until ERROR_NO_MORE_ITEMS",
+        "inverted": f"{OUTSTANDING} overlapped IOCTL_WAITINFO requests pending in the driver; each completes "
+                    "carrying one record and is sent again",
+    }
     for mode in ("event", "inverted"):
         hDevice = open_device(overlapped=mode == "inverted")
         try:
@@ -221,7 +226,7 @@ def demo(console, processes=(["/bin/true"], ["/bin/echo", "hello from a child"],
             seen: dict[int, set] = {}
             lines: list[str] = []
 
-            class _Out:
+            class _Lines:
                 def write(self, s):
                     if s.strip():
                         lines.append(s.rstrip("\n"))
@@ -235,25 +240,30 @@ def demo(console, processes=(["/bin/true"], ["/bin/echo", "hello from a child"],
                 seen.setdefault(rec.pid, set()).add("create" if rec.created else "exit")
                 return True
 
-            printer = Printer(2 * len(processes), False, _Out(), want)
-
             def spawn_them(mine=mine):
                 for argv in processes:
                     p = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
                     mine.add(p.pid)
                     p.wait()
+                console.print(f"  started {', '.join(' '.join(a) for a in processes)}; the driver reports:")
 
-            console.print(f"PRMonitor, {mode} mode: starting {len(processes)} processes")
-            if mode == "event":
-                monitor_with_event(hDevice, printer, spawn_them)
-            else:
-                monitor_inverted(hDevice, printer, spawn_them)
+            console.print(f"PRMonitor, {mode} mode: {intro[mode]}")
+            try:
+                if mode == "event":
+                    monitor_with_event(hDevice, Printer(2 * len(processes), False, _Lines(), want), spawn_them)
+                else:
+                    monitor_inverted(hDevice, Printer(2 * len(processes), False, _Lines(), want), spawn_them)
+            except pywintypes.error as e:
+                raise RuntimeError(f"{e.funcname}: {e.strerror} (error {e.winerror}); the kernel cannot use the "
+                                   "Linux process-events connector here, see `ringzero dbgview`") from None
             for line in lines:
-                console.print("  " + line)
-            ok &= all(seen.get(pid) == {"create", "exit"} for pid in mine)
+                console.print("    " + line, markup=False, highlight=False)
+            missed = [pid for pid in mine if seen.get(pid) != {"create", "exit"}]
+            if missed:
+                raise RuntimeError(f"processes {missed} were not reported both started and exited")
         finally:
             hDevice.Close()
-    return ok
+    return True
 
 
 @click.command(name="prmonitor")
