@@ -60,7 +60,7 @@ from ringzero.kernel.ps import connector, lookup, procinfo
 from ringzero.nt import status as st
 
 MAX_ROUTINES = 64          # NT's PSP_MAX_CREATE_PROCESS_NOTIFY, shared by both kinds
-EXEC_GRACE = 0.05          # seconds a new child has to exec before it is reported as forked
+EXEC_GRACE = 0.1           # seconds (of the connector's clock) a new child has to exec before it is reported as forked
 _GRACE_NS = int(EXEC_GRACE * 1e9)
 _IDLE_POLL_MS = 1000
 
