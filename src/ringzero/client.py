@@ -18,6 +18,7 @@ import itertools
 import json
 import mmap
 import os
+import select
 import socket
 import struct
 import subprocess
@@ -26,6 +27,7 @@ import threading
 import time
 
 from ringzero import paths
+from ringzero.protocol import ring as rings
 from ringzero.protocol import wire
 from ringzero.protocol.wire import Kind
 
@@ -39,6 +41,8 @@ STATUS_SUCCESS = 0
 STATUS_PENDING = 0x103
 STATUS_NO_MEMORY = 0xC0000017
 STATUS_INVALID_PARAMETER = 0xC000000D
+SPIN_SECONDS = 200e-6
+ENV_RING = "RINGZERO_RING"   # "0" keeps a program on the socket path
 
 
 class KernelNotRunning(ConnectionError):
@@ -89,13 +93,44 @@ class Connection:
         self._views: dict[int, int] = {}
         self.closed = False
         self.requests_sent = 0
+        self._socket_frames = self._hints = 0
         self._send(self.proto.send(wire.hello()))
         while self.proto.state is not wire.State.READY:
-            self._pump()
+            self._read_socket()
         f = self._welcome
         _, _, _, self.kernel_pid, self.program_pid, self.max_payload = wire.WELCOME.unpack_from(f.payload)
         from ringzero.kernel.mm.user import set_ptracer
         set_ptracer(self.kernel_pid)
+        self.req_ring = self.resp_ring = None
+        self._poll = select.poll()
+        self._poll.register(self.sock, select.POLLIN)
+        if rings.supported() and os.environ.get(ENV_RING, "1") != "0":
+            self._attach_ring()
+
+    def _attach_ring(self, size: int = rings.DEFAULT_SIZE) -> None:
+        """Offer the kernel a shared-memory region of two rings and two doorbells."""
+        fd = os.memfd_create("ringzero-ring", os.MFD_CLOEXEC)
+        try:
+            os.ftruncate(fd, rings.region_size(size))
+            self._region = mmap.mmap(fd, rings.region_size(size))
+            mv = memoryview(self._region)
+            rings.init_region(mv, size)
+            self._req_efd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+            self._resp_efd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+            rid = next(self._rid)
+            slot = _Slot()
+            self._slots[rid] = slot
+            frame = wire.Frame(Kind.ATTACH_RING, rid, b"", fds=[fd, self._req_efd, self._resp_efd])
+            self._send(wire.encode(frame), frame.fds)
+        finally:
+            os.close(fd)
+        while not slot.done:
+            self._pump_socket()
+        if slot.status != STATUS_SUCCESS:
+            return
+        self.req_ring, self.resp_ring = rings.program_side(mv, size)
+        self._poll.register(self._resp_efd, select.POLLIN)
+        self._socket_frames = self._hints = 0   # from here on the kernel hints each socket frame
 
     # -- sending -------------------------------------------------------------
 
@@ -119,8 +154,14 @@ class Connection:
         slot.push = push
         self._slots[rid] = slot
         self.requests_sent += 1
-        hdr = wire.HEADER.pack(len(payload), kind, flags, 0, threading.get_native_id(), rid)
-        self._send(hdr + payload)
+        data = wire.HEADER.pack(len(payload), kind, flags, 0, threading.get_native_id(), rid) + payload
+        ring = self.req_ring
+        if ring is not None:
+            with self._send_lock:
+                if ring.put(data):
+                    os.eventfd_write(self._req_efd, 1)
+                    return rid, slot
+        self._send(data)
         return rid, slot
 
     def request(self, kind: int, payload: bytes, flags: int = 0) -> tuple[int, int, bytes]:
@@ -148,15 +189,7 @@ class Connection:
                 try:
                     if slot.done or (until_pending and slot.pending):
                         break
-                    if deadline is not None:
-                        self.sock.settimeout(max(0.0, deadline - time.monotonic()))
-                    try:
-                        self._pump()
-                    except socket.timeout:
-                        pass
-                    finally:
-                        if deadline is not None:
-                            self.sock.settimeout(None)
+                    self._pump(None if deadline is None else max(0.0, deadline - time.monotonic()))
                 finally:
                     with self._cv:
                         self._recv_lock.release()
@@ -167,10 +200,57 @@ class Connection:
                         self._cv.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
         return True
 
-    def _pump(self) -> None:
-        """Read once and deliver every complete frame.  Holder of _recv_lock only."""
+    def _pump(self, timeout: float | None = None) -> None:
+        """Deliver what has arrived, waiting up to `timeout` for something.
+        Holder of _recv_lock only."""
         if self.closed:
             raise KernelGone("the ringzero kernel connection is closed")
+        ring = self.resp_ring
+        if ring is not None:
+            spin_until = time.perf_counter() + SPIN_SECONDS
+            while True:
+                if self._drain_ring():
+                    return
+                if time.perf_counter() > spin_until:
+                    break
+            try:
+                os.eventfd_read(self._resp_efd)
+            except BlockingIOError:
+                pass
+            if self._drain_ring():
+                return
+        ready = self._poll.poll(None if timeout is None else int(timeout * 1000))
+        for fd, _ in ready:
+            if fd == self.sock.fileno():
+                self._pump_socket()
+        if ring is not None:
+            self._drain_ring()
+
+    def _drain_ring(self) -> bool:
+        ring = self.resp_ring
+        got = False
+        while True:
+            try:
+                data = ring.get()
+            except wire.ProtocolError as e:
+                self._broken()
+                raise KernelGone(f"the response ring is corrupt: {e}") from None
+            if data is None:
+                return got
+            got = True
+            f = wire.decode_ring_frame(data, wire.Role.PROGRAM)
+            if f.kind == Kind.SOCKET_HINT:
+                # a frame the kernel sent by the socket; it may have been read already
+                self._hints += 1
+                while self._socket_frames < self._hints:
+                    self._read_socket()
+            else:
+                self._deliver(f)
+
+    def _pump_socket(self) -> None:
+        self._read_socket()
+
+    def _read_socket(self) -> bool:
         try:
             n, anc, _flags, _ = self.sock.recvmsg_into([self._buf], socket.CMSG_SPACE(wire.MAX_FDS * 4 * 4))
         except socket.timeout:
@@ -188,10 +268,13 @@ class Connection:
             self._broken()
             raise KernelGone("the ringzero kernel closed the connection")
         self.proto.receive_data(memoryview(self._buf)[:n], fds)
+        got = False
         while True:
             f = self.proto.next_frame()
             if f is None:
-                return
+                return got
+            got = True
+            self._socket_frames += 1
             self._deliver(f)
 
     def _deliver(self, f: wire.Frame) -> None:
@@ -201,7 +284,7 @@ class Connection:
             if slot is None:
                 return
             slot.status, slot.info = wire.REPLY.unpack_from(f.payload)
-            data = f.payload[wire.REPLY.size:]
+            data = bytes(f.payload[wire.REPLY.size:])
             if slot.sink is not None and data:
                 memoryview(slot.sink).cast("B")[:len(data)] = data
             slot.data = data
@@ -218,7 +301,7 @@ class Connection:
             slot = self._slots.get(f.rid)
             if slot is not None and slot.push is not None:
                 with self._cv:
-                    slot.push.append(f.payload)
+                    slot.push.append(bytes(f.payload))
                     self._cv.notify_all()
         elif kind == Kind.MAP_VIEW:
             self._map_view(f)

@@ -21,6 +21,8 @@ class ThreadContext(threading.local):
     driver = None           # the DRIVER_OBJECT being called, for fault and leak reports
     irql = PASSIVE_LEVEL
     connection = None       # the host connection this thread is the reader of
+    reader_token = None     # proof that this thread still holds that reader role
+    poller_token = None     # proof that this thread is the ring poller
 
 
 current = ThreadContext()

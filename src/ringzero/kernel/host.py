@@ -26,7 +26,7 @@ import struct
 import threading
 import time
 
-from ringzero.kernel import dbg, system
+from ringzero.kernel import dbg, ringpoll, system
 from ringzero.kernel.context import current
 from ringzero.kernel.io import file as iofile
 from ringzero.kernel.ke import dispatcher as ke
@@ -46,6 +46,8 @@ RECV_SIZE = 256 * 1024
 SEND_TIMEOUT = 10.0
 RUNDOWN_CANCEL_WAIT = 5.0
 _UPCALL_RID = itertools.count(1 << 62)
+_HINT = wire.HEADER.pack(0, Kind.SOCKET_HINT, 0, 0, 0, 0)
+_ANC_SPACE = socket.CMSG_SPACE(wire.MAX_FDS * 4)
 
 calls: dict[str, object] = {}   # CALL method name -> fn(conn, args) -> result
 
@@ -89,6 +91,16 @@ class _Req(iofile.Reply):
                 conn._send_locked(wire.encode(wire.Frame(Kind.PENDING, self.rid)))
 
 
+def _fds_of(anc) -> list[int]:
+    fds: list[int] = []
+    for level, typ, data in anc:
+        if level == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS:
+            a = array.array("i")
+            a.frombytes(data[:len(data) - len(data) % a.itemsize])
+            fds.extend(a)
+    return fds
+
+
 def _peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     return struct.unpack("3i", creds)
@@ -117,6 +129,13 @@ def _proc_facts(pid: int) -> tuple[str, int | None, frozenset]:
     return image, start, groups
 
 
+def _is_eventfd(fd: int) -> bool:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:[eventfd]"
+    except OSError:
+        return False
+
+
 class ProgramConnection:
     """Invariant: exactly one thread holds `reader_token` and reads `sock`;
     `send_lock` serialises every frame sent; `dispatching` lists the kernel
@@ -133,6 +152,7 @@ class ProgramConnection:
         self.upcalls: dict[int, list] = {}
         self.subscriptions: list = []
         self.closed = False
+        self.channel: ringpoll.Channel | None = None   # shared-memory rings, once attached
         self.rundown_done = threading.Event()
         self._rundown_lock = threading.Lock()
         sock.settimeout(None)
@@ -143,6 +163,17 @@ class ProgramConnection:
     def _send_locked(self, data: bytes, fds=()) -> None:
         if self.closed:
             return
+        ch = self.channel
+        if ch is not None:
+            try:
+                if not fds and ch.resp.put(data):
+                    os.eventfd_write(ch.resp_efd, 1)
+                    return
+            except (wire.ProtocolError, OSError, ValueError) as e:
+                dbg.emit(f"pid {self.process.pid}: response ring unusable ({e}); disconnected", level="fault",
+                         source="kernel")
+                self.abort()
+                return
         try:
             if fds:
                 self.sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
@@ -158,6 +189,21 @@ class ProgramConnection:
                 self.sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+            return
+        if ch is not None:
+            try:
+                if ch.resp.put(_HINT):
+                    os.eventfd_write(ch.resp_efd, 1)
+            except (wire.ProtocolError, OSError, ValueError):
+                self.abort()
+
+    def abort(self) -> None:
+        """End the connection from our side; the reader sees it and runs the process down."""
+        self.closed = True
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
     def send(self, data: bytes, fds=()) -> None:
         with self.send_lock:
@@ -216,13 +262,20 @@ class ProgramConnection:
                 frame = proto.next_frame()
                 if frame is None:
                     try:
-                        n = self.sock.recv_into(view)
+                        n, anc, _flags, _addr = self.sock.recvmsg_into([view], _ANC_SPACE)
                     except OSError:
-                        n = 0
+                        n, anc = 0, ()
+                    fds = _fds_of(anc)
                     if n == 0:
+                        for fd in fds:
+                            os.close(fd)
                         break
-                    proto.receive_data(view[:n])
+                    proto.receive_data(view[:n], fds)
                     continue
+                if frame.fds and frame.kind != Kind.ATTACH_RING:
+                    for fd in frame.fds:
+                        os.close(fd)
+                    raise wire.RemoteProtocolError(f"{Kind(frame.kind).name} may not carry descriptors")
                 self.dispatching.add(me)
                 try:
                     self._dispatch(frame)
@@ -306,8 +359,22 @@ class ProgramConnection:
                 ke.KeSetEvent(slot[0])
         elif kind == Kind.CALL:
             self._call(rid, p)
+        elif kind == Kind.ATTACH_RING:
+            self._attach_ring(rid, f.fds)
         else:
             raise wire.RemoteProtocolError(f"{Kind(kind).name} is not a request")
+
+    def _attach_ring(self, rid: int, fds: list[int]) -> None:
+        if len(fds) != 3 or self.channel is not None or not all(_is_eventfd(fd) for fd in fds[1:]):
+            for fd in fds:
+                os.close(fd)
+            raise wire.RemoteProtocolError("ATTACH_RING takes a region and two eventfds, once")
+        ch = ringpoll.attach(self, *fds)
+        # the answer goes by the socket; from here on, responses use the ring
+        with self.send_lock:
+            self._send_locked(wire.reply(rid, st.STATUS_SUCCESS, ch.req.size))
+            self.channel = ch
+        ringpoll.get_poller().register(ch)
 
     def _reply(self, rid: int, status: int, information: int = 0, data: bytes = b"") -> None:
         self.send(wire.reply(rid, status, information, data))
@@ -373,6 +440,9 @@ class ProgramConnection:
                     pass
             for sub in self.subscriptions:
                 dbg.unsubscribe(sub)
+            ch, self.channel = self.channel, None
+            if ch is not None:
+                ringpoll.get_poller().unregister(ch)
             for slot in list(self.upcalls.values()):
                 ke.KeSetEvent(slot[0])
             if proc is not None:
@@ -393,6 +463,8 @@ class ProgramConnection:
                         cb(proc)
                     except Exception as e:
                         dbg.fault("process exit callback", e)
+            if ch is not None:
+                ch.close()
             self.host.connections.discard(self)
             self.rundown_done.set()
 

@@ -54,10 +54,12 @@ class Kind(enum.IntEnum):
     WAIT = 23
     DUPLICATE_HANDLE = 24
     CALL = 30            # slow path: named admin/service calls with JSON arguments
+    ATTACH_RING = 31     # the program offers shared-memory rings (region + two eventfds)
     # kernel -> program
     REPLY = 50           # final answer to a request
     PENDING = 51         # an overlapped request went pending; a REPLY follows
     PUSH = 52            # unsolicited data on a subscription (debug log)
+    SOCKET_HINT = 53     # (in the response ring) a frame is waiting on the socket
     # kernel -> program upcalls, answered by UPCALL_REPLY with the same rid
     MAP_VIEW = 60
     UNMAP_VIEW = 61
@@ -231,6 +233,22 @@ class Connection:
 
     def close(self) -> None:
         self.state = State.CLOSED
+
+
+def decode_ring_frame(data: bytes, role: Role, max_payload: int = DEFAULT_MAX_PAYLOAD) -> Frame:
+    """One whole frame taken from a shared-memory ring, with the checks the
+    socket path makes (rings never carry descriptors or handshakes)."""
+    if len(data) < HEADER_SIZE:
+        raise RemoteProtocolError("truncated ring frame")
+    length, kind, flags, nfds, tid, rid = HEADER.unpack_from(data)
+    if length != len(data) - HEADER_SIZE or length > max_payload:
+        raise RemoteProtocolError("ring frame length does not match")
+    if kind not in _KINDS or kind in (Kind.HELLO, Kind.WELCOME, Kind.ATTACH_RING, Kind.MAP_VIEW) or nfds:
+        raise RemoteProtocolError(f"frame kind {kind} may not travel in a ring")
+    kernel_sends = kind >= Kind.REPLY and kind != Kind.UPCALL_REPLY
+    if (role is Role.KERNEL) == kernel_sends:
+        raise RemoteProtocolError(f"{Kind(kind).name} may not be sent this way")
+    return Frame(kind, rid, memoryview(data)[HEADER_SIZE:], flags, tid)
 
 
 def encode(frame: Frame, max_payload: int = DEFAULT_MAX_PAYLOAD) -> bytes:

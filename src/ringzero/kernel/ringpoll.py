@@ -1,0 +1,226 @@
+"""The kernel's side of the shared-memory rings: one poller for all programs.
+
+CPython runs one thread at a time, so one thread serving every program's
+request ring is as fast as many and never fights itself for the interpreter.
+It dispatches each request right where it finds it, in the requesting
+program's context; it spins on the rings that were busy a moment ago and
+sleeps in epoll on the programs' doorbells otherwise.  If a dispatch blocks,
+the poller role passes to a fresh thread before it parks (as a connection's
+reader role does), so one slow driver call never stalls the other programs.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import select
+import sys
+import threading
+import time
+
+from ringzero.kernel import dbg, system
+from ringzero.kernel.context import current
+from ringzero.kernel.ke import dispatcher as ke
+from ringzero.protocol import ring as rings
+from ringzero.protocol import wire
+
+SPIN_SECONDS = 200e-6
+MAX_BATCH = 64
+SWITCH_INTERVAL = 50e-6   # let a spinning thread hand over the interpreter quickly
+
+
+class Channel:
+    """One program's rings as the kernel holds them.
+
+    Invariant: while registered, `req_efd` is in the poller's epoll set and
+    `conn.ring_resp` is this channel's response ring."""
+
+    def __init__(self, conn, region: mmap.mmap, ring_size: int, req_efd: int, resp_efd: int):
+        self.conn = conn
+        self.region = region
+        mv = memoryview(region)
+        self.mv = mv
+        self.req, self.resp = rings.kernel_side(mv, ring_size)
+        self.req_efd = req_efd
+        self.resp_efd = resp_efd
+        self.closed = False
+
+    def close(self) -> None:
+        """Close the doorbells; the mapping goes when the last reference to it
+        does (the poller may still hold one for a moment)."""
+        if self.closed:
+            return
+        self.closed = True
+        for fd in (self.req_efd, self.resp_efd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def _drain(fd: int) -> None:
+    try:
+        os.eventfd_read(fd)
+    except (BlockingIOError, OSError):
+        pass
+
+
+class Poller:
+    def __init__(self):
+        self.ep = select.epoll()
+        self.channels: dict[int, Channel] = {}
+        self.hot: list[Channel] = []
+        self.lock = threading.Lock()
+        self.token = None
+        self.wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.ep.register(self.wake_fd, select.EPOLLIN)
+        self.stopped = False
+
+    def register(self, ch: Channel) -> None:
+        with self.lock:
+            self.channels[ch.req_efd] = ch
+            self.ep.register(ch.req_efd, select.EPOLLIN)
+            if self.token is None:
+                if sys.getswitchinterval() > SWITCH_INTERVAL:
+                    sys.setswitchinterval(SWITCH_INTERVAL)
+                self._start()
+        os.eventfd_write(ch.req_efd, 1)  # look at it once now
+
+    def unregister(self, ch: Channel) -> None:
+        with self.lock:
+            if self.channels.pop(ch.req_efd, None) is not None:
+                try:
+                    self.ep.unregister(ch.req_efd)
+                except (OSError, ValueError):
+                    pass
+        os.eventfd_write(self.wake_fd, 1)
+
+    def stop(self) -> None:
+        self.stopped = True
+        self.token = None
+        os.eventfd_write(self.wake_fd, 1)
+
+    def _start(self) -> None:
+        token = object()
+        self.token = token
+        threading.Thread(target=self._run, args=(token,), name="ringzero-poller", daemon=True).start()
+
+    def _on_block(self) -> None:
+        if current.poller_token is not None and current.poller_token is self.token and not self.stopped:
+            current.poller_token = None
+            self._start()
+
+    def _run(self, token) -> None:
+        current.poller_token = token
+        current.connection = None
+        ke.set_block_hook(self._on_block)
+        while self.token is token:
+            try:
+                self._loop(token)
+            except Exception as e:  # a bug of ours must not stop every program's fast path
+                dbg.fault("ring poller", e)
+
+    def _loop(self, token) -> None:
+        hot = self.hot
+        last_work = time.perf_counter()
+        while self.token is token:
+            did = False
+            for ch in list(hot):
+                if ch.closed:
+                    hot.remove(ch)
+                    continue
+                if ch.req.pending():
+                    did = True
+                    self._service(ch)
+                    if self.token is not token:
+                        return   # a dispatch blocked; another thread polls now
+            now = time.perf_counter()
+            if did:
+                last_work = now
+                continue
+            if now - last_work < SPIN_SECONDS:
+                continue
+            for ch in hot:
+                if not ch.closed:
+                    _drain(ch.req_efd)
+                    if ch.req.pending():
+                        did = True
+            if did:
+                continue
+            hot.clear()
+            try:
+                events = self.ep.poll()
+            except InterruptedError:
+                continue
+            if self.token is not token:
+                return
+            for fd, _ in events:
+                if fd == self.wake_fd:
+                    _drain(fd)
+                    continue
+                ch = self.channels.get(fd)
+                if ch is not None and not ch.closed:
+                    _drain(fd)
+                    if ch not in hot:
+                        hot.append(ch)
+            last_work = time.perf_counter()
+
+    def _service(self, ch: Channel) -> None:
+        conn = ch.conn
+        proc = conn.process
+        current.process = proc
+        me = threading.get_ident()
+        try:
+            for _ in range(MAX_BATCH):
+                data = ch.req.get()
+                if data is None:
+                    return
+                frame = wire.decode_ring_frame(data, wire.Role.KERNEL, conn.host.max_payload)
+                conn.dispatching.add(me)
+                try:
+                    conn._dispatch(frame)
+                finally:
+                    conn.dispatching.discard(me)
+                    current.process = proc
+                if self.token is not current.poller_token:
+                    return
+        except wire.ProtocolError as e:
+            system.get().counters["protocol_errors"] += 1
+            dbg.emit(f"protocol error in the ring of pid {proc.pid if proc else '?'}: {e}; connection closed",
+                     level="fault", source="kernel")
+            self.unregister(ch)
+            ch.closed = True
+            conn.abort()
+        except Exception as e:  # a bug of ours must not take the poller down
+            if not ch.closed:    # (a ring closed under us by rundown is not one)
+                dbg.fault("ring poller", e)
+
+
+poller: Poller | None = None
+
+
+def get_poller() -> Poller:
+    global poller
+    if poller is None:
+        poller = Poller()
+    return poller
+
+
+def attach(conn, region_fd: int, req_efd: int, resp_efd: int) -> Channel:
+    """Map a program's ring region and start serving it; raises ProtocolError."""
+    try:
+        size = os.fstat(region_fd).st_size
+        if size < rings.HEADER_BYTES or size > rings.region_size(rings.MAX_SIZE):
+            raise wire.RemoteProtocolError(f"ring region of {size} bytes is out of bounds")
+        region = mmap.mmap(region_fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+    except OSError as e:
+        raise wire.RemoteProtocolError(f"cannot map the ring region: {e}") from None
+    finally:
+        os.close(region_fd)
+    try:
+        ring_size = rings.check_region(memoryview(region))
+        os.set_blocking(req_efd, False)
+    except Exception:
+        region.close()
+        raise
+    return Channel(conn, region, ring_size, req_efd, resp_efd)

@@ -1,0 +1,189 @@
+"""Shared-memory frame rings: the fast path between a program and the kernel.
+
+A program that can share memory with the kernel creates one region holding two
+single-producer, single-consumer byte rings of wire frames (the same bytes the
+socket carries): requests (program -> kernel) and responses (kernel -> program).
+Each side spins briefly on the ring it consumes and then sleeps on an eventfd
+that the producer writes after every frame, so an idle program costs nothing
+and a busy one never enters the kernel to wait.  Large frames, and frames that
+carry descriptors, still go through the socket.
+
+Layout (native-endian u64 counters, each on its own cache line):
+
+    0      magic, ring size
+    64     request head   (written by the program)
+    128    request tail   (written by the kernel)
+    192    response head  (written by the kernel)
+    256    response tail  (written by the program)
+    4096   request ring data   (size bytes)
+    4096 + size  response ring data (size bytes)
+
+Heads and tails count bytes since the start and only grow; a frame starts on
+an 8-byte boundary; a frame that would cross the end of the ring is preceded
+by padding to the end (a header of kind 0, or nothing when fewer than a header's
+bytes remain).  The consumer of a ring treats everything in it as untrusted:
+a count out of range or a malformed header is a protocol error.
+
+Ordering: the producer stores the frame, then the head, then writes the
+eventfd; the consumer drains the eventfd before its last look at the head and
+then sleeps in poll.  The eventfd syscalls order the two sides, so no wakeup is
+lost.  The plain stores rely on x86-64's ordering of stores; `supported()`
+says whether this machine has it, and elsewhere the socket path is used.
+"""
+
+from __future__ import annotations
+
+import platform
+import struct
+
+from ringzero.protocol.wire import HEADER, HEADER_SIZE, RemoteProtocolError
+
+RING_MAGIC = 0x474E495230525A52  # "RZ0RING"
+HEADER_BYTES = 4096
+DEFAULT_SIZE = 32 * 1024
+MIN_SIZE = 4096
+MAX_SIZE = 1 << 20
+OFF_MAGIC, OFF_SIZE = 0, 8
+OFF_REQ_HEAD, OFF_REQ_TAIL, OFF_RESP_HEAD, OFF_RESP_TAIL = 64, 128, 192, 256
+PAD_KIND = 0
+
+_U64 = struct.Struct("@Q")
+
+
+def _counters(mv: memoryview) -> memoryview:
+    """The header page as native u64 items.  Reading or assigning one item of a
+    'Q' memoryview is a single 8-byte memcpy (one aligned load or store on
+    x86-64).  struct.pack_into is not usable here: it zero-fills its target
+    before writing, so a reader on the other side could see a counter of 0,
+    and the little-endian formats go byte by byte."""
+    return mv[:HEADER_BYTES].cast("Q")
+
+
+def supported() -> bool:
+    return platform.machine().lower() in ("x86_64", "amd64")
+
+
+def region_size(ring_size: int) -> int:
+    return HEADER_BYTES + 2 * ring_size
+
+
+def init_region(mv: memoryview, ring_size: int) -> None:
+    _U64.pack_into(mv, OFF_MAGIC, RING_MAGIC)
+    _U64.pack_into(mv, OFF_SIZE, ring_size)
+
+
+def check_region(mv: memoryview) -> int:
+    """The ring size of a region a program handed us, validated."""
+    if len(mv) < HEADER_BYTES:
+        raise RemoteProtocolError("ring region too small")
+    magic, size = _U64.unpack_from(mv, OFF_MAGIC)[0], _U64.unpack_from(mv, OFF_SIZE)[0]
+    if magic != RING_MAGIC:
+        raise RemoteProtocolError("ring region has a bad magic")
+    if size < MIN_SIZE or size > MAX_SIZE or size & (size - 1) or len(mv) < region_size(size):
+        raise RemoteProtocolError(f"ring size {size} is not a power of two in [{MIN_SIZE}, {MAX_SIZE}] that fits")
+    return size
+
+
+class Ring:
+    """One direction.  The producer side uses `put`, the consumer side `get`;
+    each side keeps its own position locally and trusts only that."""
+
+    __slots__ = ("ctl", "size", "mask", "data", "head_i", "tail_i", "pos", "max_frame")
+
+    def __init__(self, mv: memoryview, ring_size: int, data_off: int, head_off: int, tail_off: int, producer: bool):
+        self.ctl = _counters(mv)
+        self.size = ring_size
+        self.mask = ring_size - 1
+        self.data = mv[data_off:data_off + ring_size]
+        self.head_i = head_off // 8
+        self.tail_i = tail_off // 8
+        self.pos = self.ctl[self.head_i if producer else self.tail_i]
+        self.max_frame = ring_size // 4
+
+    def release(self) -> None:
+        self.data.release()
+        self.ctl.release()
+
+    # -- producer ---------------------------------------------------------------
+
+    def put(self, frame: bytes) -> bool:
+        """Append one whole frame; False if it is too large or does not fit now."""
+        n = len(frame)
+        total = (n + 7) & ~7
+        if total > self.max_frame:
+            return False
+        head = self.pos
+        tail = self.ctl[self.tail_i]
+        used = head - tail
+        if used < 0 or used > self.size:
+            raise RemoteProtocolError("the consumer moved the ring's tail out of range")
+        off = head & self.mask
+        room = self.size - off
+        if room < total:
+            if self.size - used < room + total:
+                return False
+            if room >= HEADER_SIZE:
+                HEADER.pack_into(self.data, off, room - HEADER_SIZE, PAD_KIND, 0, 0, 0, 0)
+            head += room
+            off = 0
+        elif self.size - used < total:
+            return False
+        self.data[off:off + n] = frame
+        head += total
+        self.pos = head
+        self.ctl[self.head_i] = head
+        return True
+
+    # -- consumer ---------------------------------------------------------------
+
+    def pending(self) -> bool:
+        return self.ctl[self.head_i] != self.pos
+
+    def get(self) -> bytes | None:
+        """The next frame's bytes (a private copy), or None when the ring is empty."""
+        while True:
+            tail = self.pos
+            head = self.ctl[self.head_i]
+            if head == tail:
+                return None
+            avail = head - tail
+            if avail < 0 or avail > self.size:
+                raise RemoteProtocolError(f"the producer moved the ring's head out of range (head {head}, tail {tail})")
+            off = tail & self.mask
+            room = self.size - off
+            if room < HEADER_SIZE:
+                self._advance(tail + room)
+                continue
+            length, kind = struct.unpack_from("<IH", self.data, off)
+            if kind == PAD_KIND:
+                if length != room - HEADER_SIZE:
+                    raise RemoteProtocolError("malformed ring padding")
+                self._advance(tail + room)
+                continue
+            n = HEADER_SIZE + length
+            total = (n + 7) & ~7
+            if n > room or total > avail:
+                raise RemoteProtocolError(f"ring frame of {length} bytes overruns the ring")
+            frame = bytes(self.data[off:off + n])
+            if struct.unpack_from("<I", frame)[0] != length:
+                raise RemoteProtocolError("ring frame changed while it was read")
+            self._advance(tail + total)
+            return frame
+
+    def _advance(self, pos: int) -> None:
+        self.pos = pos
+        self.ctl[self.tail_i] = pos
+
+
+def program_side(mv: memoryview, ring_size: int) -> tuple[Ring, Ring]:
+    """(requests to produce, responses to consume)."""
+    req = Ring(mv, ring_size, HEADER_BYTES, OFF_REQ_HEAD, OFF_REQ_TAIL, producer=True)
+    resp = Ring(mv, ring_size, HEADER_BYTES + ring_size, OFF_RESP_HEAD, OFF_RESP_TAIL, producer=False)
+    return req, resp
+
+
+def kernel_side(mv: memoryview, ring_size: int) -> tuple[Ring, Ring]:
+    """(requests to consume, responses to produce)."""
+    req = Ring(mv, ring_size, HEADER_BYTES, OFF_REQ_HEAD, OFF_REQ_TAIL, producer=False)
+    resp = Ring(mv, ring_size, HEADER_BYTES + ring_size, OFF_RESP_HEAD, OFF_RESP_TAIL, producer=True)
+    return req, resp

@@ -1,0 +1,86 @@
+"""Shared-memory rings, driven directly: a model FIFO, wrap-around, hostile counters."""
+
+import mmap
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as hs
+
+from ringzero.protocol import ring as rings
+from ringzero.protocol import wire
+
+
+def region(size=4096):
+    m = mmap.mmap(-1, rings.region_size(size))
+    mv = memoryview(m)
+    rings.init_region(mv, size)
+    return m, mv
+
+
+def frame(i, n):
+    return wire.HEADER.pack(n, wire.Kind.WRITE_FILE, 0, 0, 0, i) + bytes([i % 251]) * n
+
+
+@settings(max_examples=150, deadline=None)
+@given(hs.lists(hs.tuples(hs.booleans(), hs.integers(0, 1100)), max_size=400))
+def test_ring_is_a_fifo_of_whole_frames(ops):
+    m, mv = region()
+    prod, _ = rings.program_side(mv, 4096)
+    cons, _ = rings.kernel_side(mv, 4096)
+    model, i = [], 0
+    for put, n in ops:
+        if put:
+            f = frame(i, n)
+            i += 1
+            if prod.put(f):
+                model.append(f)
+            else:
+                # refused only when too large or when it would not fit now
+                assert len(f) > prod.max_frame or (prod.pos - cons.pos) + len(f) > 4096 - 64
+        else:
+            got = cons.get()
+            assert got == (model.pop(0) if model else None)
+    while model:
+        assert cons.get() == model.pop(0)
+    assert cons.get() is None
+
+
+def test_counters_out_of_range_are_protocol_errors():
+    m, mv = region()
+    prod, _ = rings.program_side(mv, 4096)
+    cons, _ = rings.kernel_side(mv, 4096)
+    ctl = mv[:rings.HEADER_BYTES].cast("Q")
+    ctl[rings.OFF_REQ_HEAD // 8] = 1 << 40          # a hostile producer
+    with pytest.raises(wire.RemoteProtocolError):
+        cons.get()
+    ctl[rings.OFF_REQ_HEAD // 8] = 0
+    ctl[rings.OFF_REQ_TAIL // 8] = 10_000            # a hostile consumer
+    with pytest.raises(wire.RemoteProtocolError):
+        prod.put(frame(1, 8))
+
+
+def test_a_frame_header_claiming_more_than_was_written():
+    m, mv = region()
+    prod, _ = rings.program_side(mv, 4096)
+    cons, _ = rings.kernel_side(mv, 4096)
+    assert prod.put(frame(1, 8))
+    wire.HEADER.pack_into(prod.data, 0, 900, wire.Kind.WRITE_FILE, 0, 0, 0, 1)
+    with pytest.raises(wire.RemoteProtocolError, match="overruns"):
+        cons.get()
+
+
+def test_region_validation():
+    m, mv = region()
+    assert rings.check_region(mv) == 4096
+    mv[:rings.HEADER_BYTES].cast("Q")[1] = 3000      # not a power of two
+    with pytest.raises(wire.RemoteProtocolError):
+        rings.check_region(mv)
+
+
+def test_ring_frames_are_checked_like_socket_frames():
+    with pytest.raises(wire.RemoteProtocolError):
+        wire.decode_ring_frame(wire.encode(wire.hello()), wire.Role.KERNEL)
+    with pytest.raises(wire.RemoteProtocolError):
+        wire.decode_ring_frame(wire.reply(1, 0), wire.Role.KERNEL)     # wrong direction
+    f = wire.decode_ring_frame(wire.encode(wire.Frame(wire.Kind.CLOSE_HANDLE, 3, wire.HANDLE.pack(4))), wire.Role.KERNEL)
+    assert f.rid == 3
