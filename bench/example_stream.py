@@ -15,6 +15,7 @@ reader's last byte.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import socket
 import struct
@@ -149,6 +150,7 @@ def main(argv=None) -> int:
     ap.add_argument("--ring", type=int, default=1 << 20, help="the context's ring-buffer size (default 1 MiB)")
     ap.add_argument("--depth", type=int, default=1,
                     help="overlapped reads the reader keeps pending (default 1: one synchronous read at a time)")
+    ap.add_argument("--json", action="store_true", help="end with one JSON line of the medians and spreads")
     ap.add_argument("--role", help=argparse.SUPPRESS)
     ap.add_argument("args", nargs="*", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
@@ -180,6 +182,9 @@ def main(argv=None) -> int:
     print(f"Unix socket     median {sm:.3f} GB/s  (min {slo:.3f}, max {shi:.3f})")
     print(f"ratio           {rm / sm:.3f} of the raw socket")
     client.stop_embedded_kernel()
+    if a.json:
+        print(json.dumps({"example_gbps": rm, "example_min": rlo, "example_max": rhi, "socket_gbps": sm,
+                          "socket_min": slo, "socket_max": shi, "ratio": rm / sm}))
     return 0
 
 

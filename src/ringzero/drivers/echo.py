@@ -3,7 +3,8 @@
 IOCTL_ECHO (METHOD_BUFFERED) returns its input; IOCTL_ECHO_NEITHER does the same
 with the program's raw buffers (METHOD_NEITHER); IOCTL_WAIT pends until
 IOCTL_RELEASE or a cancel; IOCTL_SIGNAL sets an event the program passed by
-handle.
+handle (and returns KeQueryPerformanceCounter taken just before KeSetEvent, so a
+benchmark can time the wakeup).
 """
 
 import struct
@@ -94,6 +95,9 @@ def DispatchControl(DeviceObject, Irp):
             (handle,) = struct.unpack_from("<Q", Irp.AssociatedIrp.SystemBuffer)
             status, event, _ = ObReferenceObjectByHandle(handle, EVENT_MODIFY_STATE, ExEventObjectType, UserMode)
             if NT_SUCCESS(status):
+                if outlen >= 8:
+                    struct.pack_into("<q", Irp.AssociatedIrp.SystemBuffer, 0, KeQueryPerformanceCounter())
+                    info = 8
                 KeSetEvent(event, 0, False)
                 ObDereferenceObject(event)
     else:

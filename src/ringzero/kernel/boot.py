@@ -61,9 +61,18 @@ class Kernel:
         timer.stop()
 
 
+def _raise_fd_limit() -> None:
+    """Each connected program costs the kernel a few descriptors; take what we may."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def run(socket_path: str | None, loads: list[str], state_dir: str | None, verbose: bool, quiet: bool = False) -> int:
     """Foreground kernel: prints where it listens, stops cleanly on SIGINT/SIGTERM."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s", stream=sys.stderr)
+    _raise_fd_limit()
     k = Kernel(socket_path, state_dir, verbose)
     try:
         k.start(loads)
