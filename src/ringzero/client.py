@@ -41,7 +41,7 @@ STATUS_SUCCESS = 0
 STATUS_PENDING = 0x103
 STATUS_NO_MEMORY = 0xC0000017
 STATUS_INVALID_PARAMETER = 0xC000000D
-SPIN_SECONDS = 200e-6
+SPIN_SECONDS = 60e-6   # covers a request the kernel answers at once; longer ones sleep
 ENV_RING = "RINGZERO_RING"   # "0" keeps a program on the socket path
 
 

@@ -27,6 +27,16 @@ from ringzero.protocol import wire
 SPIN_SECONDS = 200e-6
 MAX_BATCH = 64
 SWITCH_INTERVAL = 50e-6   # let a spinning thread hand over the interpreter quickly
+MAX_SPARE = 16            # parked threads kept for the next handoff
+
+
+class _Spare:
+    __slots__ = ("wake", "token")
+
+    def __init__(self):
+        self.wake = threading.Lock()
+        self.wake.acquire()
+        self.token = None
 
 
 class Channel:
@@ -70,8 +80,9 @@ class Poller:
         self.ep = select.epoll()
         self.channels: dict[int, Channel] = {}
         self.hot: list[Channel] = []
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()
         self.token = None
+        self.spare: list[_Spare] = []
         self.wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.ep.register(self.wake_fd, select.EPOLLIN)
         self.stopped = False
@@ -99,11 +110,34 @@ class Poller:
         self.stopped = True
         self.token = None
         os.eventfd_write(self.wake_fd, 1)
+        with self.lock:
+            spare, self.spare = self.spare, []
+        for w in spare:
+            w.wake.release()
 
     def _start(self) -> None:
+        """Give the poller role to a parked thread, or a new one."""
         token = object()
         self.token = token
-        threading.Thread(target=self._run, args=(token,), name="ringzero-poller", daemon=True).start()
+        with self.lock:
+            w = self.spare.pop() if self.spare else None
+        if w is not None:
+            w.token = token
+            w.wake.release()
+        else:
+            threading.Thread(target=self._thread, args=(token,), name="ringzero-poller", daemon=True).start()
+
+    def _thread(self, token) -> None:
+        """Poll while this thread holds the role; after a handoff, park for the next one."""
+        while token is not None and not self.stopped:
+            self._run(token)
+            w = _Spare()
+            with self.lock:
+                if len(self.spare) >= MAX_SPARE or self.stopped:
+                    return
+                self.spare.append(w)
+            w.wake.acquire()
+            token = w.token
 
     def _on_block(self) -> None:
         if current.poller_token is not None and current.poller_token is self.token and not self.stopped:
