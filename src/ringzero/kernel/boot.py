@@ -10,7 +10,7 @@ import threading
 
 from ringzero import paths
 from ringzero.kernel import calls as _calls  # noqa: F401  (registers the CALL methods)
-from ringzero.kernel import dbg, system
+from ringzero.kernel import dbg, system, verifier
 from ringzero.kernel.host import KernelHost
 from ringzero.kernel.io import driver as iodriver
 from ringzero.kernel.ke import timer
@@ -22,17 +22,20 @@ class Kernel:
     """A booted kernel: the system, the host listening for programs, and the
     drivers loaded at start.  `start()` returns once it listens."""
 
-    def __init__(self, socket_path: str | None = None, state_dir: str | None = None, verbose: bool = False):
+    def __init__(self, socket_path: str | None = None, state_dir: str | None = None, verbose: bool = False,
+                 max_handles: int = 1 << 20, max_pending: int = 0):
         self.socket_path = socket_path or paths.default_socket_path()
         self.state_dir = state_dir or paths.default_state_dir()
         self.verbose = verbose
+        self.max_handles = max_handles
+        self.max_pending = max_pending
         self.host: KernelHost | None = None
         self.system = None
 
     def start(self, loads: list[str] = ()) -> None:
         dbg.echo = self.verbose
         self.system = system.boot(self.state_dir)
-        self.host = KernelHost(self.socket_path)
+        self.host = KernelHost(self.socket_path, handle_limit=self.max_handles, pending_limit=self.max_pending)
         self.host.bind()
         self._boot_services()
         for image in loads:
@@ -61,6 +64,20 @@ class Kernel:
         timer.stop()
 
 
+def _lean_threads() -> None:
+    """A thread per connected program must stay cheap: small stacks, and glibc's
+    malloc kept to two arenas instead of one per thread."""
+    import ctypes
+    import ctypes.util
+    threading.stack_size(256 * 1024)
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        M_ARENA_MAX = -8
+        libc.mallopt(M_ARENA_MAX, 2)
+    except (OSError, AttributeError):
+        pass
+
+
 def _raise_fd_limit() -> None:
     """Each connected program costs the kernel a few descriptors; take what we may."""
     import resource
@@ -69,11 +86,15 @@ def _raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def run(socket_path: str | None, loads: list[str], state_dir: str | None, verbose: bool, quiet: bool = False) -> int:
+def run(socket_path: str | None, loads: list[str], state_dir: str | None, verbose: bool, quiet: bool = False,
+        verifier_enabled: bool = True, fault_limit: int = 0, max_handles: int = 1 << 20, max_pending: int = 0) -> int:
     """Foreground kernel: prints where it listens, stops cleanly on SIGINT/SIGTERM."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s", stream=sys.stderr)
     _raise_fd_limit()
-    k = Kernel(socket_path, state_dir, verbose)
+    _lean_threads()
+    verifier.enabled = verifier_enabled
+    verifier.fault_limit = fault_limit
+    k = Kernel(socket_path, state_dir, verbose, max_handles, max_pending)
     try:
         k.start(loads)
     except iodriver.DriverLoadError as e:

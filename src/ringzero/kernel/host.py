@@ -42,12 +42,14 @@ from ringzero.protocol.wire import Kind
 
 log = logging.getLogger("ringzero.kernel")
 
-RECV_SIZE = 256 * 1024
+RECV_SIZE = 16 * 1024      # per connection: resident for every connected program
+BIG_RECV_SIZE = 256 * 1024  # while a large frame is arriving
 SEND_TIMEOUT = 10.0
 RUNDOWN_CANCEL_WAIT = 5.0
 _UPCALL_RID = itertools.count(1 << 62)
 _HINT = wire.HEADER.pack(0, Kind.SOCKET_HINT, 0, 0, 0, 0)
 _ANC_SPACE = socket.CMSG_SPACE(wire.MAX_FDS * 4)
+_IRP_KINDS = frozenset((Kind.DEVICE_IO_CONTROL, Kind.READ_FILE, Kind.WRITE_FILE, Kind.CREATE_FILE))
 
 calls: dict[str, object] = {}   # CALL method name -> fn(conn, args) -> result
 
@@ -261,6 +263,13 @@ class ProgramConnection:
             while self.reader_token is token:
                 frame = proto.next_frame()
                 if frame is None:
+                    want = proto.partial_frame_size()
+                    if want > len(buf) and len(buf) < BIG_RECV_SIZE:
+                        buf = bytearray(BIG_RECV_SIZE)
+                        view = memoryview(buf)
+                    elif want <= RECV_SIZE and len(buf) > RECV_SIZE:
+                        buf = bytearray(RECV_SIZE)
+                        view = memoryview(buf)
                     try:
                         n, anc, _flags, _addr = self.sock.recvmsg_into([view], _ANC_SPACE)
                     except OSError:
@@ -279,6 +288,8 @@ class ProgramConnection:
                 self.dispatching.add(me)
                 try:
                     self._dispatch(frame)
+                except struct.error as e:  # a payload shorter than its kind's fixed part
+                    raise wire.RemoteProtocolError(f"truncated {Kind(frame.kind).name} payload ({e})") from None
                 finally:
                     self.dispatching.discard(me)
                 if self.reader_token is not token:
@@ -305,6 +316,9 @@ class ProgramConnection:
         proc.counters["requests"] += 1
         p = f.payload
         rid = f.rid
+        if kind in _IRP_KINDS and self.host.pending_limit and len(proc.pending) >= self.host.pending_limit:
+            self._reply(rid, st.STATUS_INSUFFICIENT_RESOURCES)
+            return
         if kind == Kind.DEVICE_IO_CONTROL:
             h, code, in_len, out_len, in_addr, out_addr, event = wire.IOCTL.unpack_from(p)
             data = p[wire.IOCTL.size:]
@@ -485,10 +499,12 @@ class ProgramConnection:
 
 
 class KernelHost:
-    def __init__(self, socket_path: str, max_payload: int = wire.DEFAULT_MAX_PAYLOAD, handle_limit: int = 1 << 20):
+    def __init__(self, socket_path: str, max_payload: int = wire.DEFAULT_MAX_PAYLOAD, handle_limit: int = 1 << 20,
+                 pending_limit: int = 0):
         self.socket_path = socket_path
         self.max_payload = max_payload
         self.handle_limit = handle_limit
+        self.pending_limit = pending_limit   # per program: IRPs outstanding at once (0: no limit)
         self.listener: socket.socket | None = None
         self.connections: set[ProgramConnection] = set()
         self.exit_callbacks: list = []

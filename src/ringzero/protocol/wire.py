@@ -186,6 +186,12 @@ class Connection:
         self._check_incoming(frame)
         return frame
 
+    def partial_frame_size(self) -> int:
+        """The size of the frame now arriving (0 if none has started)."""
+        if len(self._buf) - self._pos < HEADER_SIZE:
+            return 0
+        return HEADER_SIZE + HEADER.unpack_from(self._buf, self._pos)[0]
+
     def unclaimed_fds(self) -> list[int]:
         """Descriptors received that no frame claimed; the caller must close them."""
         fds, self._fds = self._fds, []
