@@ -31,31 +31,11 @@ _STATUS_FIELDS = ("ServiceType", "CurrentState", "ControlsAccepted", "Win32ExitC
 _STATUS_EX_FIELDS = _STATUS_FIELDS + ("ProcessId", "ServiceFlags")
 
 
-class PySC_HANDLE:
-    """An SC handle: int() gives its value; Close() closes it; usable as a
-    context manager."""
+class PySC_HANDLE(pywintypes.HANDLEType):
+    """An SC handle: int() gives its value; Close() closes it (with
+    CloseServiceHandle); usable as a context manager."""
 
-    __slots__ = ("handle",)
-
-    def __init__(self, handle: int = 0):
-        self.handle = int(handle)
-
-    def __int__(self) -> int:
-        return self.handle
-
-    __index__ = __int__
-
-    def __bool__(self) -> bool:
-        return self.handle != 0
-
-    def __eq__(self, other) -> bool:
-        try:
-            return self.handle == int(other)
-        except (TypeError, ValueError):
-            return NotImplemented
-
-    def __hash__(self) -> int:
-        return hash(self.handle)
+    __slots__ = ()
 
     def __repr__(self) -> str:
         return f"<PySC_HANDLE:{self.handle}>"
@@ -65,16 +45,7 @@ class PySC_HANDLE:
             h, self.handle = self.handle, 0
             CloseServiceHandle(h)
 
-    def Detach(self) -> int:
-        h, self.handle = self.handle, 0
-        return h
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> bool:
-        self.Close()
-        return False
+    close = Close
 
 
 def _h(handle) -> int:

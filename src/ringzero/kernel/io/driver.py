@@ -151,6 +151,13 @@ def _created_links(driver) -> list[str]:
 def _take_back(driver: DRIVER_OBJECT, before_links) -> None:
     """Undo a failed load: nothing half-created may remain."""
     _run_unload_hooks(driver)
+    _reclaim(driver)
+    ob.remove_name(driver)
+
+
+def _reclaim(driver: DRIVER_OBJECT) -> None:
+    """Take back what a driver made and did not undo: links, devices (and
+    their I/O timers), timers, pool."""
     for path in _created_links(driver):
         try:
             obj, _ = system.get().namespace.lookup(path, parse=False, follow_last=False)
@@ -158,11 +165,12 @@ def _take_back(driver: DRIVER_OBJECT, before_links) -> None:
         except ObjectError:
             pass
     for dev in driver.devices():
+        if dev.Timer is not None:
+            dev.Timer.token = None
         IoDeleteDevice(dev)
     for t in timer.live_timers_of(driver):
         timer.KeCancelTimer(t)
     pool.reclaim_driver(driver)
-    ob.remove_name(driver)
 
 
 def _run_unload_hooks(driver: DRIVER_OBJECT) -> list[Leak]:
@@ -240,20 +248,7 @@ def _finish_unload(driver: DRIVER_OBJECT, report: UnloadReport) -> None:
     report.leaks = leaks_of(driver) + _run_unload_hooks(driver)
     for leak in report.leaks:
         dbg.emit(f"{driver.name}: leaked at unload: {leak}", level="leak", source=driver.name)
-    for path in _created_links(driver):
-        try:
-            obj, _ = sysm.namespace.lookup(path, parse=False, follow_last=False)
-            ob.remove_name(obj)
-        except ObjectError:
-            pass
-    for dev in driver.devices():
-        IoDeleteDevice(dev)
-    for t in timer.live_timers_of(driver):
-        timer.KeCancelTimer(t)
-    for dev in driver.devices():
-        if dev.Timer is not None:
-            dev.Timer.token = None
-    pool.reclaim_driver(driver)
+    _reclaim(driver)
     driver.leaks = report.leaks
     sysm.drivers.pop(driver.name, None)
     ob.remove_name(driver)
