@@ -30,7 +30,15 @@ def main() -> None:
 @click.option("--state", "state_dir", metavar="DIR",
               help=f"Where the service database lives (default: ${paths.ENV_STATE}, else {paths.default_state_dir()}).")
 @click.option("--verbose", "-v", is_flag=True, help="Also print the debug log (DbgPrint) on stderr.")
-def kernel(socket_path, loads, state_dir, verbose) -> None:
+@click.option("--no-verifier", is_flag=True,
+              help="Turn off the driver verifier's checks (IRP completion, pending, Information, IRQL).")
+@click.option("--fault-limit", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
+              help="Mark a driver faulted (no new opens) after N faults in its routines; 0: never.")
+@click.option("--max-handles", type=click.IntRange(min=1), default=1 << 20, show_default=True, metavar="N",
+              help="Handles one program may hold; beyond it, STATUS_INSUFFICIENT_RESOURCES.")
+@click.option("--max-pending", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
+              help="Requests one program may have outstanding in drivers; 0: no limit.")
+def kernel(socket_path, loads, state_dir, verbose, no_verifier, fault_limit, max_handles, max_pending) -> None:
     """Run the kernel host in the foreground until Ctrl-C / SIGTERM.
 
     Drivers' DriverUnload runs for each loaded driver at shutdown, and the
@@ -38,4 +46,5 @@ def kernel(socket_path, loads, state_dir, verbose) -> None:
     stale socket file is reclaimed.
     """
     from ringzero.kernel.boot import run
-    sys.exit(run(socket_path, list(loads), state_dir, verbose))
+    sys.exit(run(socket_path, list(loads), state_dir, verbose, False, not no_verifier, fault_limit, max_handles,
+                 max_pending))

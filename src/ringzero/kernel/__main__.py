@@ -13,8 +13,13 @@ def main(argv=None) -> int:
     ap.add_argument("--load", action="append", default=[])
     ap.add_argument("--verbose", action="store_true")
     ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--no-verifier", action="store_true")
+    ap.add_argument("--fault-limit", type=int, default=0)
+    ap.add_argument("--max-handles", type=int, default=1 << 20)
+    ap.add_argument("--max-pending", type=int, default=0)
     a = ap.parse_args(argv)
-    return run(a.socket, a.load, a.state, a.verbose, a.quiet)
+    return run(a.socket, a.load, a.state, a.verbose, a.quiet, not a.no_verifier, a.fault_limit, a.max_handles,
+               a.max_pending)
 
 
 if __name__ == "__main__":

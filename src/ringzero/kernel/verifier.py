@@ -12,6 +12,7 @@ from ringzero.kernel import dbg
 from ringzero.kernel.context import current
 
 enabled = True
+fault_limit = 0  # the kernel's --fault-limit: faults after which a driver is marked faulted (0: never)
 
 MULTIPLE_IRP_COMPLETE_REQUESTS = "MULTIPLE_IRP_COMPLETE_REQUESTS"
 IRP_NOT_MARKED_PENDING = "DRIVER_VERIFIER_IOMANAGER_VIOLATION: STATUS_PENDING returned without IoMarkIrpPending"

@@ -35,6 +35,10 @@ IRP_MJ_DEVICE_CONTROL = irpc.IRP_MJ_DEVICE_CONTROL
 
 _KIND_BUFFERED, _KIND_DIRECT, _KIND_NEITHER, _KIND_CREATE, _KIND_INTERNAL, _KIND_CLOSE = range(6)
 
+# The largest system buffer the I/O manager allocates for one request (NT's
+# quota-charged pool allocation failing): no reply can carry more anyway.
+MAX_SYSTEM_BUFFER = 16 * 1024 * 1024
+
 
 class Reply:
     """Where a request's answer goes.  The host implements it for programs;
@@ -103,6 +107,9 @@ def _send(irp: IRP) -> None:
     if irp.completed:
         if status == st.STATUS_PENDING and verifier.enabled and not irp.PendingReturned:
             verifier.violation(verifier.IRP_NOT_MARKED_PENDING, driver=dev.DriverObject, raise_it=False)
+        elif status != st.STATUS_PENDING and verifier.enabled and irp.PendingReturned:
+            verifier.violation(verifier.IRP_MARKED_PENDING_NOT_RETURNED, f"returned {st.status_name(status)}",
+                               driver=dev.DriverObject, raise_it=False)
         return
     if status != st.STATUS_PENDING:
         verifier.violation(verifier.IRP_NOT_COMPLETED, f"returned {st.status_name(status)}",
@@ -383,6 +390,9 @@ def device_io_control(process, handle: int, code: int, in_data, out_length: int,
             or (need & ioc.FILE_WRITE_ACCESS and not granted & acc.FILE_WRITE_DATA)):
         reply.complete(None, st.STATUS_ACCESS_DENIED, 0, b"")
         return
+    if out_length > MAX_SYSTEM_BUFFER and code & 3 != ioc.METHOD_NEITHER:
+        reply.complete(None, st.STATUS_INSUFFICIENT_RESOURCES, 0, b"")
+        return
     ok, ev = _user_event(process, event, reply)
     if not ok:
         return
@@ -425,6 +435,9 @@ def read_file(process, handle: int, length: int, offset: int, buf_addr: int, eve
               rid: int = 0, tid: int = 0, overlapped: bool = False) -> None:
     fo = _file_for(process, handle, acc.FILE_READ_DATA, reply)
     if fo is None:
+        return
+    if length > MAX_SYSTEM_BUFFER:
+        reply.complete(None, st.STATUS_INSUFFICIENT_RESOURCES, 0, b"")
         return
     ok, ev = _user_event(process, event, reply)
     if not ok:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 
+from ringzero.kernel import dbg, verifier
 from ringzero.kernel.ke.dispatcher import KEVENT, NotificationEvent, SynchronizationEvent
 from ringzero.kernel.ob.object import ObjectHeader
 from ringzero.nt import irp as irpc
@@ -34,7 +35,7 @@ class DRIVER_OBJECT(ObjectHeader):
         self.Flags = 0
         self.permanent = True
         self.faults = 0
-        self.fault_limit = 0     # 0: never mark faulted
+        self.fault_limit = verifier.fault_limit   # 0: never mark faulted
         self.faulted = False
         self.unloading = False
         self.counters = {"irps": 0}
@@ -56,8 +57,10 @@ class DRIVER_OBJECT(ObjectHeader):
 
     def note_fault(self) -> None:
         self.faults += 1
-        if self.fault_limit and self.faults >= self.fault_limit:
+        if self.fault_limit and self.faults >= self.fault_limit and not self.faulted:
             self.faulted = True
+            dbg.emit(f"{self.name}: {self.faults} faults (limit {self.fault_limit}); the driver is marked faulted "
+                     "and refuses new opens", level="fault", source=self.name)
 
 
 class SHARE_ACCESS:

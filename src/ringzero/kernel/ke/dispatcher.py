@@ -343,8 +343,22 @@ def KeReadStateSemaphore(Semaphore: KSEMAPHORE) -> int:
     return Semaphore.signal_state
 
 
+def _check_irql(seconds: float | None, routine: str) -> None:
+    """NT bug-checks a wait that could block at DISPATCH_LEVEL: only a zero
+    timeout may be used there.  Checked where DISPATCH_LEVEL is certain, in a
+    DPC, a KTIMER's DPC or an IoTimer routine (they run on the timer thread)."""
+    from ringzero.kernel import verifier
+    from ringzero.kernel.context import DISPATCH_LEVEL, current
+    from ringzero.kernel.ke import timer
+    if seconds != 0 and current.irql >= DISPATCH_LEVEL and timer.on_timer_thread():
+        verifier.violation(verifier.IRQL_NOT_LESS_OR_EQUAL,
+                           f"{routine} with a {'infinite' if seconds is None else 'non-zero'} timeout at IRQL {current.irql}")
+
+
 def KeWaitForSingleObject(Object, WaitReason: int = 0, WaitMode: int = 0, Alertable: bool = False, Timeout=None) -> int:
-    return wait([_dispatcher_of(Object)], False, timeout_to_seconds(Timeout))
+    seconds = timeout_to_seconds(Timeout)
+    _check_irql(seconds, "KeWaitForSingleObject")
+    return wait([_dispatcher_of(Object)], False, seconds)
 
 
 KeWaitForMutexObject = KeWaitForSingleObject
@@ -355,11 +369,14 @@ def KeWaitForMultipleObjects(Count: int, Object, WaitType: int, WaitReason: int 
     objs = [_dispatcher_of(o) for o in list(Object)[:Count]]
     if not 0 < len(objs) <= MAXIMUM_WAIT_OBJECTS:
         return st.STATUS_INVALID_PARAMETER
-    return wait(objs, WaitType == WaitAll, timeout_to_seconds(Timeout))
+    seconds = timeout_to_seconds(Timeout)
+    _check_irql(seconds, "KeWaitForMultipleObjects")
+    return wait(objs, WaitType == WaitAll, seconds)
 
 
 def KeDelayExecutionThread(WaitMode: int = 0, Alertable: bool = False, Interval=None) -> int:
     seconds = timeout_to_seconds(Interval)
+    _check_irql(seconds, "KeDelayExecutionThread")
     time.sleep(seconds if seconds is not None else 0)
     return st.STATUS_SUCCESS
 

@@ -1,0 +1,98 @@
+"""A test driver with one bug per IOCTL, each one a driver-verifier check.
+
+\\Device\\Misbehave (link \\??\\Misbehave).  Every IOCTL below breaks one rule
+of NT's I/O contract, so a test can see the verifier's named error for it:
+
+IOCTL_COMPLETE_TWICE     IoCompleteRequest, then IoCompleteRequest again
+IOCTL_PENDING_UNMARKED   completes, then returns STATUS_PENDING without IoMarkIrpPending
+IOCTL_MARKED_NOT_PENDING IoMarkIrpPending, completes, returns STATUS_SUCCESS
+IOCTL_NOT_COMPLETED      returns STATUS_SUCCESS without completing the IRP
+IOCTL_INFO_TOO_LARGE     completes with Information = output length + 100
+IOCTL_TOUCH_AFTER        completes, then passes the IRP on with IoCallDriver
+IOCTL_WAIT_IN_DPC        queues a DPC that waits (1 s timeout) at DISPATCH_LEVEL
+IOCTL_LEAK_POOL          allocates a pool block tagged 'Mis!' and forgets it
+IOCTL_PING               completes properly (the driver still serves)
+"""
+
+from ringzero.ddk import *
+
+DEV = FILE_DEVICE_UNKNOWN
+IOCTL_COMPLETE_TWICE = CTL_CODE(DEV, 0xA00, METHOD_BUFFERED, FILE_ANY_ACCESS)
+IOCTL_PENDING_UNMARKED = CTL_CODE(DEV, 0xA01, METHOD_BUFFERED, FILE_ANY_ACCESS)
+IOCTL_MARKED_NOT_PENDING = CTL_CODE(DEV, 0xA02, METHOD_BUFFERED, FILE_ANY_ACCESS)
+IOCTL_NOT_COMPLETED = CTL_CODE(DEV, 0xA03, METHOD_BUFFERED, FILE_ANY_ACCESS)
+IOCTL_INFO_TOO_LARGE = CTL_CODE(DEV, 0xA04, METHOD_BUFFERED, FILE_ANY_ACCESS)
+IOCTL_TOUCH_AFTER = CTL_CODE(DEV, 0xA05, METHOD_BUFFERED, FILE_ANY_ACCESS)
+IOCTL_WAIT_IN_DPC = CTL_CODE(DEV, 0xA06, METHOD_BUFFERED, FILE_ANY_ACCESS)
+IOCTL_LEAK_POOL = CTL_CODE(DEV, 0xA07, METHOD_BUFFERED, FILE_ANY_ACCESS)
+IOCTL_PING = CTL_CODE(DEV, 0xA08, METHOD_BUFFERED, FILE_ANY_ACCESS)
+
+g_Dpc = KDPC()
+g_Event = KEVENT()
+
+
+def _complete(Irp, status, info=0):
+    Irp.IoStatus.Status = status
+    Irp.IoStatus.Information = info
+    IoCompleteRequest(Irp, IO_NO_INCREMENT)
+    return status
+
+
+def WaitingDpc(Dpc, DeferredContext, SystemArgument1, SystemArgument2):
+    timeout = LARGE_INTEGER(-10_000_000)
+    status = KeWaitForSingleObject(g_Event, Executive, KernelMode, False, timeout)
+    DbgPrint("Misbehave: the DPC's wait returned %08X", status)
+
+
+def DispatchCreateClose(DeviceObject, Irp):
+    return _complete(Irp, STATUS_SUCCESS)
+
+
+def DispatchControl(DeviceObject, Irp):
+    sl = IoGetCurrentIrpStackLocation(Irp)
+    code = sl.Parameters.DeviceIoControl.IoControlCode
+    out_len = sl.Parameters.DeviceIoControl.OutputBufferLength
+    if code == IOCTL_COMPLETE_TWICE:
+        _complete(Irp, STATUS_SUCCESS)
+        return _complete(Irp, STATUS_SUCCESS)
+    if code == IOCTL_PENDING_UNMARKED:
+        _complete(Irp, STATUS_SUCCESS)
+        return STATUS_PENDING
+    if code == IOCTL_MARKED_NOT_PENDING:
+        IoMarkIrpPending(Irp)
+        return _complete(Irp, STATUS_SUCCESS)
+    if code == IOCTL_NOT_COMPLETED:
+        return STATUS_SUCCESS
+    if code == IOCTL_INFO_TOO_LARGE:
+        return _complete(Irp, STATUS_SUCCESS, out_len + 100)
+    if code == IOCTL_TOUCH_AFTER:
+        _complete(Irp, STATUS_SUCCESS)
+        return IoCallDriver(DeviceObject, Irp)
+    if code == IOCTL_WAIT_IN_DPC:
+        KeInsertQueueDpc(g_Dpc, None, None)
+        return _complete(Irp, STATUS_SUCCESS)
+    if code == IOCTL_LEAK_POOL:
+        ExAllocatePoolWithTag(NonPagedPool, 48, "Mis!")
+        return _complete(Irp, STATUS_SUCCESS)
+    if code == IOCTL_PING:
+        return _complete(Irp, STATUS_SUCCESS)
+    return _complete(Irp, STATUS_INVALID_DEVICE_REQUEST)
+
+
+def DriverUnload(DriverObject):
+    IoDeleteSymbolicLink(r"\??\Misbehave")
+    IoDeleteDevice(DriverObject.DeviceObject)
+
+
+def DriverEntry(DriverObject, RegistryPath):
+    KeInitializeEvent(g_Event, NotificationEvent, False)
+    KeInitializeDpc(g_Dpc, WaitingDpc, None)
+    status, dev = IoCreateDevice(DriverObject, 0, r"\Device\Misbehave", FILE_DEVICE_UNKNOWN, 0, False)
+    if not NT_SUCCESS(status):
+        return status
+    IoCreateSymbolicLink(r"\??\Misbehave", r"\Device\Misbehave")
+    DriverObject.MajorFunction[IRP_MJ_CREATE] = DispatchCreateClose
+    DriverObject.MajorFunction[IRP_MJ_CLOSE] = DispatchCreateClose
+    DriverObject.MajorFunction[IRP_MJ_DEVICE_CONTROL] = DispatchControl
+    DriverObject.DriverUnload = DriverUnload
+    return STATUS_SUCCESS
