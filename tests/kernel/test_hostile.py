@@ -1,0 +1,299 @@
+"""Hostile and broken programs, speaking raw frames on the kernel's socket:
+each is disconnected or gets a clear error, the kernel's memory for it stays
+bounded, and another program (this test process) carries on after each."""
+
+import os
+import socket
+import struct
+import sys
+
+import pytest
+
+from conftest import TEST_DRIVERS, KernelProcess, wait_until
+from ringzero import client
+from ringzero.nt import status as st
+from ringzero.protocol import wire
+from ringzero.protocol.wire import Kind
+from ringzero.win32 import pywintypes, win32con, win32event, win32file, winerror
+
+sys.path.insert(0, TEST_DRIVERS)
+import recorder as R  # noqa: E402
+
+RECORDER = os.path.join(TEST_DRIVERS, "recorder.py")
+ECHO_IOCTL = None
+
+
+class Raw:
+    """A program that writes frames by hand."""
+
+    def __init__(self, path, hello=True):
+        self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.s.connect(path)
+        self.s.settimeout(10)
+        self.buf = b""
+        if hello:
+            self.send(wire.encode(wire.hello()))
+            kind, _, payload = self.frame()
+            assert kind == Kind.WELCOME
+
+    def send(self, data: bytes):
+        self.s.sendall(data)
+
+    def request(self, kind, payload=b"", rid=7, flags=0):
+        self.send(wire.HEADER.pack(len(payload), kind, flags, 0, 0, rid) + payload)
+        return self.frame()
+
+    def frame(self):
+        while len(self.buf) < wire.HEADER_SIZE:
+            self._more()
+        length, kind, _flags, _nfds, _tid, rid = wire.HEADER.unpack_from(self.buf)
+        while len(self.buf) < wire.HEADER_SIZE + length:
+            self._more()
+        payload = self.buf[wire.HEADER_SIZE:wire.HEADER_SIZE + length]
+        self.buf = self.buf[wire.HEADER_SIZE + length:]
+        return kind, rid, payload
+
+    def status(self, kind, payload=b""):
+        k, _, p = self.request(kind, payload)
+        assert k == Kind.REPLY
+        return wire.REPLY.unpack_from(p)[0]
+
+    def _more(self):
+        data = self.s.recv(65536)
+        if not data:
+            raise ConnectionResetError("the kernel closed the connection")
+        self.buf += data
+
+    def disconnected(self) -> bool:
+        """True once the kernel has closed its end (replies already queued are read past)."""
+        try:
+            while True:
+                if not self.s.recv(65536):
+                    return True
+        except (ConnectionResetError, BrokenPipeError):
+            return True
+        except socket.timeout:
+            return False
+
+    def close(self):
+        self.s.close()
+
+
+def processes():
+    return client.connection().call("kernel.info")["processes"]
+
+
+def others_carry_on(kernel):
+    """Another program opens, talks to a driver and closes; the kernel's tables are as before."""
+    h = win32file.CreateFile(r"\\.\Recorder", win32con.GENERIC_READ, 0, None, win32con.OPEN_EXISTING, 0, None)
+    assert len(win32file.DeviceIoControl(h, R.IOCTL_WHOAMI, None, 16)) == 16
+    h.Close()
+    assert kernel.proc.poll() is None
+
+
+@pytest.fixture
+def hk(kernel):
+    kernel.load(RECORDER, "Recorder")
+    client.connection().call("kernel.info")
+    return kernel
+
+
+def protocol_errors():
+    return [r["text"] for r in client.connection().call("dbg.recent", count=4096)
+            if r["level"] == "fault" and "protocol error" in r["text"]]
+
+
+BAD_STREAMS = {
+    "bad magic": wire.HEADER.pack(wire.HELLO.size, Kind.HELLO, 0, 0, 0, 1) + wire.HELLO.pack(0xDEADBEEF, 1, 0),
+    "bad version": wire.HEADER.pack(wire.HELLO.size, Kind.HELLO, 0, 0, 0, 1) + wire.HELLO.pack(wire.MAGIC, 99, 0),
+    "truncated hello": wire.HEADER.pack(2, Kind.HELLO, 0, 0, 0, 1) + b"RR",
+    "request before hello": wire.HEADER.pack(8, Kind.CLOSE_HANDLE, 0, 0, 0, 1) + struct.pack("<Q", 4),
+    "unknown kind": wire.HEADER.pack(0, 0x7777, 0, 0, 0, 1),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_STREAMS))
+def test_a_bad_handshake_is_disconnected(hk, name):
+    before = processes()
+    r = Raw(hk.socket, hello=False)
+    r.send(BAD_STREAMS[name])
+    assert r.disconnected()
+    r.close()
+    assert wait_until(lambda: processes() == before)
+    assert protocol_errors()
+    others_carry_on(hk)
+
+
+AFTER_HELLO = {
+    "oversized length": wire.HEADER.pack(wire.DEFAULT_MAX_PAYLOAD + 1, Kind.WRITE_FILE, 0, 0, 0, 1),
+    "huge length": wire.HEADER.pack(0xFFFFFFFF, Kind.DEVICE_IO_CONTROL, 0, 0, 0, 1),
+    "unknown kind": wire.HEADER.pack(0, 0x7777, 0, 0, 0, 1),
+    "a kernel's frame": wire.HEADER.pack(wire.REPLY.size, Kind.REPLY, 0, 0, 0, 1) + wire.REPLY.pack(0, 0),
+    "hello again": wire.encode(wire.hello()),
+    "truncated ioctl": wire.HEADER.pack(3, Kind.DEVICE_IO_CONTROL, 0, 0, 0, 1) + b"abc",
+    "truncated wait": wire.HEADER.pack(wire.WAIT.size, Kind.WAIT, 0, 0, 0, 1) + wire.WAIT.pack(0, 0, 60, 0),
+    "descriptors announced, none sent": wire.HEADER.pack(8, Kind.CLOSE_HANDLE, 0, 3, 0, 1) + struct.pack("<Q", 4),
+}
+
+
+@pytest.mark.parametrize("name", list(AFTER_HELLO))
+def test_a_malformed_frame_ends_that_program_only(hk, name):
+    before = processes()
+    r = Raw(hk.socket)
+    assert processes() == before + 1
+    r.send(AFTER_HELLO[name])
+    assert r.disconnected()
+    r.close()
+    assert wait_until(lambda: processes() == before)
+    others_carry_on(hk)
+
+
+def test_bogus_closed_and_foreign_handles_are_invalid_handle(hk):
+    mine = win32file.CreateFile(r"\\.\Recorder", win32con.GENERIC_READ, 0, None, win32con.OPEN_EXISTING, 0, None)
+    r = Raw(hk.socket)
+    ioctl = lambda h: wire.IOCTL.pack(h, R.IOCTL_WHOAMI, 0, 16, 0, 0, 0)  # noqa: E731
+    for h in (0, 0xDEAD, 1 << 63, int(mine)):   # the last is this process's handle, not the raw program's
+        assert r.status(Kind.DEVICE_IO_CONTROL, ioctl(h)) == st.STATUS_INVALID_HANDLE
+        assert r.status(Kind.CLOSE_HANDLE, struct.pack("<Q", h)) == st.STATUS_INVALID_HANDLE
+    # its own handle works until it closes it
+    name = rb"\\.\Recorder"
+    k, _, p = r.request(Kind.CREATE_FILE, wire.CREATE_FILE.pack(win32con.GENERIC_READ, 0, 3, 0, len(name)) + name)
+    status, h = wire.REPLY.unpack_from(p)
+    assert status == 0 and h
+    assert r.status(Kind.DEVICE_IO_CONTROL, ioctl(h)) == 0
+    assert r.status(Kind.CLOSE_HANDLE, struct.pack("<Q", h)) == 0
+    assert r.status(Kind.DEVICE_IO_CONTROL, ioctl(h)) == st.STATUS_INVALID_HANDLE
+    # the foreign handle is untouched
+    assert len(win32file.DeviceIoControl(mine, R.IOCTL_WHOAMI, None, 16)) == 16
+    r.close()
+    mine.Close()
+    others_carry_on(hk)
+
+
+def test_huge_buffer_lengths_are_refused_without_allocating_them(hk):
+    h = win32file.CreateFile(r"\\.\Recorder", win32con.GENERIC_READ, 0, None, win32con.OPEN_EXISTING, 0, None)
+    r = Raw(hk.socket)
+    name = rb"\\.\Recorder"
+    _, _, p = r.request(Kind.CREATE_FILE, wire.CREATE_FILE.pack(win32con.GENERIC_READ, 0, 3, 0, len(name)) + name)
+    _, rh = wire.REPLY.unpack_from(p)
+    for out_len in (0xFFFFFFFF, (1 << 31), 64 * 1024 * 1024):
+        assert r.status(Kind.DEVICE_IO_CONTROL, wire.IOCTL.pack(rh, R.IOCTL_WHOAMI, 0, out_len, 0, 0, 0)) \
+            == st.STATUS_INSUFFICIENT_RESOURCES
+        assert r.status(Kind.READ_FILE, wire.READ.pack(rh, out_len, 0, 0, 0)) == st.STATUS_INSUFFICIENT_RESOURCES
+    # the wait's handle count is bounded by the frame, not by its claim
+    assert r.status(Kind.CLOSE_HANDLE, struct.pack("<Q", rh)) == 0
+    r.close()
+    h.Close()
+    others_carry_on(hk)
+
+
+def test_a_program_that_never_speaks_costs_no_process_and_blocks_nobody(hk):
+    before = processes()
+    silent = [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(20)]
+    for s in silent:
+        s.connect(hk.socket)
+    others_carry_on(hk)
+    assert processes() == before
+    for s in silent:
+        s.close()
+    others_carry_on(hk)
+
+
+def test_a_program_that_stops_reading_its_replies_is_disconnected(hk):
+    r = Raw(hk.socket)
+    r.s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    name = rb"\\.\Recorder"
+    _, _, p = r.request(Kind.CREATE_FILE, wire.CREATE_FILE.pack(win32con.GENERIC_READ, 0, 3, 0, len(name)) + name)
+    _, rh = wire.REPLY.unpack_from(p)
+    # each request asks for a 1 MiB answer; the program never reads one
+    req = wire.IOCTL.pack(rh, R.IOCTL_FILL, 9, 1 << 20, 0, 0, 0) + struct.pack("<IIB", 1 << 20, 0, 1)
+    frame = wire.HEADER.pack(len(req), Kind.DEVICE_IO_CONTROL, 0, 0, 0, 9) + req
+    r.s.setblocking(False)
+    sent = 0
+    try:
+        for _ in range(64):
+            r.s.send(frame)
+            sent += 1
+    except (BlockingIOError, BrokenPipeError, ConnectionResetError):
+        pass
+    others_carry_on(hk)
+    assert wait_until(lambda: any("stopped reading its replies" in t for t in
+                                  (x["text"] for x in client.connection().call("dbg.recent", count=4096))),
+                      timeout=60)
+    r.s.setblocking(True)
+    r.s.settimeout(10)
+    assert r.disconnected()
+    r.close()
+    others_carry_on(hk)
+
+
+def _quota_kernel(tmp_path, monkeypatch, *args):
+    k = KernelProcess(tmp_path, loads=[RECORDER], extra_args=args)
+    monkeypatch.setenv("RINGZERO_SOCKET", k.socket)
+    monkeypatch.setenv("RINGZERO_STATE", k.state)
+    client.disconnect()
+    return k
+
+
+def test_handle_quota(tmp_path, monkeypatch):
+    k = _quota_kernel(tmp_path, monkeypatch, "--max-handles", "4")
+    try:
+        def open_():
+            return win32file.CreateFile(r"\\.\Recorder", win32con.GENERIC_READ, 0, None, win32con.OPEN_EXISTING, 0,
+                                        None)
+        hs = [open_() for _ in range(4)]
+        with pytest.raises(pywintypes.error) as e:
+            open_()
+        assert e.value.winerror == winerror.ERROR_NO_SYSTEM_RESOURCES
+        with pytest.raises(pywintypes.error) as e:
+            win32event.CreateEvent(None, True, False, None)
+        assert e.value.winerror == winerror.ERROR_NO_SYSTEM_RESOURCES
+        # the driver saw the refused open's cleanup and close, as for any file object
+        c, cl, clo, _ = struct.unpack("<IIII", win32file.DeviceIoControl(hs[0], R.IOCTL_COUNTS, None, 16))
+        assert (c, cl, clo) == (5, 1, 1)
+        hs.pop().Close()
+        hs.append(open_())
+        # another program has a quota of its own
+        k.run("""
+            from ringzero.win32 import win32file, win32con
+            hs = [win32file.CreateFile(r"\\\\.\\Recorder", win32con.GENERIC_READ, 0, None, win32con.OPEN_EXISTING,
+                                       0, None) for _ in range(4)]
+        """)
+        for h in hs:
+            h.Close()
+    finally:
+        k.stop()
+
+
+def test_outstanding_request_quota(tmp_path, monkeypatch):
+    k = _quota_kernel(tmp_path, monkeypatch, "--max-pending", "3")
+    try:
+        h = win32file.CreateFile(r"\\.\Recorder", win32con.GENERIC_READ, 0, None, win32con.OPEN_EXISTING,
+                                 win32con.FILE_FLAG_OVERLAPPED, None)
+        ovs = []
+        for _ in range(3):
+            ov = pywintypes.OVERLAPPED()
+            ov.hEvent = win32event.CreateEvent(None, True, False, None)
+            win32file.DeviceIoControl(h, R.IOCTL_PEND, None, 0, ov)
+            assert pywintypes.get_last_error() == winerror.ERROR_IO_PENDING
+            ovs.append(ov)
+        ov = pywintypes.OVERLAPPED()
+        ov.hEvent = win32event.CreateEvent(None, True, False, None)
+        with pytest.raises(pywintypes.error) as e:
+            win32file.DeviceIoControl(h, R.IOCTL_PEND, None, 0, ov)
+        assert e.value.winerror == winerror.ERROR_NO_SYSTEM_RESOURCES
+        # another program is not affected, and can complete ours
+        k.run(f"""
+            import struct
+            from ringzero.win32 import win32file, win32con
+            h = win32file.CreateFile(r"\\\\.\\Recorder", win32con.GENERIC_READ, 0, None, win32con.OPEN_EXISTING, 0, None)
+            assert struct.unpack("<I", win32file.DeviceIoControl(h, {R.IOCTL_COMPLETE_ALL}, None, 4))[0] == 3
+        """)
+        for o in ovs:
+            assert win32event.WaitForSingleObject(o.hEvent, 10_000) == win32event.WAIT_OBJECT_0
+        # under the quota again
+        win32file.DeviceIoControl(h, R.IOCTL_PEND, None, 0, ov)
+        win32file.CancelIo(h)
+        h.Close()
+    finally:
+        k.stop()
