@@ -118,6 +118,7 @@ def _waiter(event_name: str, n: int, conn) -> None:
     for _ in range(n):
         win32event.WaitForSingleObject(ev, 30_000)
         wakes.append(time.monotonic_ns())
+        conn.send("woke")      # the signaler sets the event again only after this
     conn.send(wakes)
 
 
@@ -135,9 +136,10 @@ def bench_event_latency(n: int) -> list[float]:
     h = _open_echo()
     sets = []
     for _ in range(n):
+        time.sleep(0.0005)   # let the waiter park again, so every set is a wakeup
         out = win32file.DeviceIoControl(h, IOCTL_SIGNAL, struct.pack("<Q", int(ev)), 8)
         sets.append(struct.unpack("<q", out)[0] * 100)
-        time.sleep(0.0005)   # let the waiter park again, so every set is a wakeup
+        assert parent.recv() == "woke"
     wakes = parent.recv()
     p.join()
     h.Close()
