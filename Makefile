@@ -23,5 +23,10 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench
 
+# the live-kernel mutating fuzzer for a long run (make test runs 200 cases);
+# RINGZERO_FUZZ_SEED=<n> replays a run
+fuzz: $(STAMP)
+	RINGZERO_FUZZ_CASES=$${RINGZERO_FUZZ_CASES:-20000} $(PY) -m pytest -q -s -p no:cacheprovider --timeout=0 tests/kernel/test_fuzz.py
+
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

@@ -36,7 +36,10 @@ def create_event(process, manual_reset: bool, initial: bool, name: str | None, d
     (the handle is to it, as CreateEvent then sets ERROR_ALREADY_EXISTS)."""
     ev_type = ke.NotificationEvent if manual_reset else ke.SynchronizationEvent
     if name:
-        path = _event_path(name)
+        try:
+            path = _event_path(name)
+        except NtException as e:
+            return e.status, 0
         ns = system.get().namespace
         try:
             existing, _ = ns.lookup(path, parse=False)
