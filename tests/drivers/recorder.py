@@ -11,6 +11,8 @@ IOCTL_COMPLETE_ALL completes every pended IRP with STATUS_SUCCESS, out "<I" coun
 IOCTL_WHOAMI      out "<QQ" PsGetCurrentProcessId, IoGetRequestorProcessId
 IOCTL_SET_EVENT   in "<Q" a handle of the caller's; ObReferenceObjectByHandle(UserMode) + KeSetEvent
 IOCTL_RAISE       the dispatch routine raises (a driver bug)
+IOCTL_ANOMALIES   out "<III" file objects with more than one CLEANUP, with more than
+                  one CLOSE, and closed without a CLEANUP
 """
 
 import struct
@@ -26,9 +28,10 @@ IOCTL_WHOAMI = CTL_CODE(DEV, 0x904, METHOD_BUFFERED, FILE_ANY_ACCESS)
 IOCTL_SET_EVENT = CTL_CODE(DEV, 0x905, METHOD_BUFFERED, FILE_ANY_ACCESS)
 IOCTL_RAISE = CTL_CODE(DEV, 0x906, METHOD_BUFFERED, FILE_ANY_ACCESS)
 IOCTL_NEEDS_WRITE = CTL_CODE(DEV, 0x907, METHOD_BUFFERED, FILE_WRITE_ACCESS)
+IOCTL_ANOMALIES = CTL_CODE(DEV, 0x908, METHOD_BUFFERED, FILE_ANY_ACCESS)
 
 counts = {"create": 0, "cleanup": 0, "close": 0}
-per_file = {}          # id(FILE_OBJECT) -> [cleanups, closes]
+per_file = {}          # the file object's serial (in FsContext2) -> [cleanups, closes]
 pended = []
 lock = KMUTEX()
 
@@ -43,14 +46,15 @@ def _complete(Irp, status, info=0):
 def DispatchCreate(DeviceObject, Irp):
     fo = IoGetCurrentIrpStackLocation(Irp).FileObject
     counts["create"] += 1
-    per_file[id(fo)] = [0, 0]
+    fo.FsContext2 = counts["create"]
+    per_file[fo.FsContext2] = [0, 0]
     return _complete(Irp, STATUS_SUCCESS)
 
 
 def DispatchCleanup(DeviceObject, Irp):
     fo = IoGetCurrentIrpStackLocation(Irp).FileObject
     counts["cleanup"] += 1
-    per_file[id(fo)][0] += 1
+    per_file[fo.FsContext2][0] += 1
     DbgPrint("recorder: cleanup pid %d", PsGetCurrentProcessId())
     return _complete(Irp, STATUS_SUCCESS)
 
@@ -58,7 +62,7 @@ def DispatchCleanup(DeviceObject, Irp):
 def DispatchClose(DeviceObject, Irp):
     fo = IoGetCurrentIrpStackLocation(Irp).FileObject
     counts["close"] += 1
-    per_file[id(fo)][1] += 1
+    per_file[fo.FsContext2][1] += 1
     return _complete(Irp, STATUS_SUCCESS)
 
 
@@ -121,6 +125,11 @@ def DispatchControl(DeviceObject, Irp):
         return _complete(Irp, status)
     if code == IOCTL_RAISE:
         raise ZeroDivisionError("a bug in the recorder driver")
+    if code == IOCTL_ANOMALIES:
+        files = list(per_file.values())
+        struct.pack_into("<III", buf, 0, sum(1 for c in files if c[0] > 1), sum(1 for c in files if c[1] > 1),
+                         sum(1 for c in files if c[1] and not c[0]))
+        return _complete(Irp, STATUS_SUCCESS, 12)
     if code == IOCTL_NEEDS_WRITE:
         return _complete(Irp, STATUS_SUCCESS)
     return _complete(Irp, STATUS_INVALID_DEVICE_REQUEST)
