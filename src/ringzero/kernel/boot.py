@@ -95,6 +95,9 @@ def run(socket_path: str | None, loads: list[str], state_dir: str | None, verbos
     verifier.enabled = verifier_enabled
     verifier.fault_limit = fault_limit
     k = Kernel(socket_path, state_dir, verbose, max_handles, max_pending)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):   # before we listen: a signal at start still stops cleanly
+        signal.signal(sig, lambda *_: stop.set())
     try:
         k.start(loads)
     except iodriver.DriverLoadError as e:
@@ -104,9 +107,6 @@ def run(socket_path: str | None, loads: list[str], state_dir: str | None, verbos
     except (RuntimeError, OSError) as e:
         print(f"ringzero kernel: {e}", file=sys.stderr)
         return 1
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
     if not quiet:
         print(f"ringzero kernel {os.getpid()} listening on {k.socket_path}", flush=True)
     while not stop.wait(3600):

@@ -1,0 +1,45 @@
+"""The kernel host's life: one kernel per socket, stale sockets, clean shutdown."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+from conftest import KernelProcess
+
+
+def test_second_kernel_on_a_live_socket_refuses(kernel):
+    r = subprocess.run([sys.executable, "-m", "ringzero.kernel", "--socket", kernel.socket, "--state",
+                        kernel.state + "2"], env=kernel.env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1
+    assert "another ringzero kernel is already listening on" in r.stderr
+    assert kernel.call("kernel.info")["pid"] == kernel.pid       # the first one is untouched
+
+
+def test_stale_socket_is_reclaimed_and_shutdown_is_clean(tmp_path):
+    first = KernelProcess(tmp_path, loads=["ringzero.drivers.echo"])
+    path = first.socket
+    first.proc.kill()                      # dies without removing its socket
+    first.proc.wait()
+    assert os.path.exists(path)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        assert s.connect_ex(path) != 0     # nobody listens: stale
+    finally:
+        s.close()
+    log = tmp_path / "second.log"
+    with open(log, "w") as out:
+        p = subprocess.Popen([sys.executable, "-m", "ringzero.kernel", "--socket", path, "--state", first.state,
+                              "--load", "ringzero.drivers.echo", "--verbose"], env=first.env,
+                             stdout=out, stderr=subprocess.STDOUT)
+        from conftest import wait_until
+        from ringzero import client
+        assert wait_until(lambda: client.kernel_running(path), timeout=20)
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(timeout=30) == 0
+    text = log.read_text()
+    assert f"listening on {path}" in text
+    assert "driver echo unloaded" in text          # DriverUnload ran at shutdown
+    assert not os.path.exists(path)                # and the socket is gone
+    first._log.close()
