@@ -498,6 +498,19 @@ class ProgramConnection:
                 dbg.fault(f"closing handle {handle:#x} of pid {proc.pid}", e)
 
 
+def _check_socket_directory(directory: str) -> None:
+    """Programs trust whatever listens at the socket's path, so nobody else may
+    be able to replace it: the directory must be ours (or root's) and writable
+    by no one else, unless it is sticky (/tmp), where only a file's owner may
+    unlink or rename it."""
+    st_ = os.stat(directory)
+    if st_.st_uid not in (os.getuid(), 0):
+        raise RuntimeError(f"{directory} belongs to uid {st_.st_uid}; refusing to listen in it")
+    if st_.st_mode & 0o022 and not st_.st_mode & stat.S_ISVTX:
+        raise RuntimeError(f"{directory} is writable by other users (mode {stat.S_IMODE(st_.st_mode):o}); "
+                           "refusing to listen in it")
+
+
 class KernelHost:
     def __init__(self, socket_path: str, max_payload: int = wire.DEFAULT_MAX_PAYLOAD, handle_limit: int = 1 << 20,
                  pending_limit: int = 0):
@@ -515,6 +528,7 @@ class KernelHost:
         path = self.socket_path
         directory = os.path.dirname(path) or "."
         os.makedirs(directory, mode=0o755, exist_ok=True)
+        _check_socket_directory(directory)
         if os.path.exists(path):
             st_ = os.lstat(path)
             if not stat.S_ISSOCK(st_.st_mode):

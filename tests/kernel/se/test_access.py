@@ -126,3 +126,27 @@ def test_the_kernel_socket_is_reachable_by_everyone_and_its_directory_not_writab
     """, user="nobody")
     caller = eval(r.stdout)
     assert caller["uid"] == 65534 and caller["admin"] is False
+
+
+def _start_kernel_in(directory, tmp_path):
+    import subprocess
+    from conftest import SRC
+    env = dict(os.environ, PYTHONPATH=SRC)
+    return subprocess.run([sys.executable, "-m", "ringzero.kernel", "--socket", os.path.join(directory, "k.sock"),
+                           "--state", str(tmp_path / "state"), "--quiet"], env=env, capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_the_kernel_refuses_a_socket_directory_others_could_write_or_own(tmp_path):
+    open_dir = tmp_path / "open"
+    open_dir.mkdir()
+    os.chmod(open_dir, 0o777)
+    r = _start_kernel_in(str(open_dir), tmp_path)
+    assert r.returncode == 1 and "writable by other users (mode 777)" in r.stderr
+    assert not (open_dir / "k.sock").exists()
+    if os.geteuid() == 0:
+        theirs = tmp_path / "theirs"
+        theirs.mkdir()
+        os.chown(theirs, 65534, 65534)
+        r = _start_kernel_in(str(theirs), tmp_path)
+        assert r.returncode == 1 and "belongs to uid 65534" in r.stderr
