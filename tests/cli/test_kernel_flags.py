@@ -1,0 +1,61 @@
+"""`ringzero kernel`'s robustness flags reach the kernel it starts."""
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+from conftest import SRC, TEST_DRIVERS
+from ringzero import client
+from ringzero.win32 import pywintypes, win32con, win32file, winerror
+
+sys.path.insert(0, TEST_DRIVERS)
+import misbehave as M  # noqa: E402
+
+
+@pytest.fixture
+def cli_kernel(tmp_path, monkeypatch):
+    sockdir = tempfile.mkdtemp(prefix="rz-cli-")
+    sock = os.path.join(sockdir, "k.sock")
+    env = dict(os.environ, PYTHONPATH=SRC)
+    proc = subprocess.Popen([sys.executable, "-m", "ringzero.cli.main", "kernel", "--socket", sock,
+                             "--state", str(tmp_path / "state"), "--load", os.path.join(TEST_DRIVERS, "misbehave.py"),
+                             "--no-verifier", "--fault-limit", "1", "--max-handles", "2"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 30
+    while not client.kernel_running(sock):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.poll() is not None else ""
+        time.sleep(0.02)
+    monkeypatch.setenv("RINGZERO_SOCKET", sock)
+    client.disconnect()
+    yield proc
+    client.disconnect()
+    proc.terminate()
+    proc.wait(timeout=30)
+    proc.stdout.close()
+
+
+def open_dev():
+    return win32file.CreateFile(r"\\.\Misbehave", win32con.GENERIC_READ, 0, None, win32con.OPEN_EXISTING, 0, None)
+
+
+def test_the_flags_of_ringzero_kernel(cli_kernel):
+    h = open_dev()
+    # --no-verifier: no verifier line for Information past the buffer
+    win32file.DeviceIoControl(h, M.IOCTL_INFO_TOO_LARGE, None, 4)
+    assert [r for r in client.connection().call("dbg.recent", count=4096) if r["level"] == "verifier"] == []
+    # --max-handles 2
+    h2 = open_dev()
+    with pytest.raises(pywintypes.error) as e:
+        open_dev()
+    assert e.value.winerror == winerror.ERROR_NO_SYSTEM_RESOURCES
+    h2.Close()
+    # --fault-limit 1: one fault and the driver refuses new opens
+    win32file.DeviceIoControl(h, M.IOCTL_TOUCH_AFTER, None, 0)
+    with pytest.raises(pywintypes.error) as e:
+        open_dev()
+    assert e.value.winerror == winerror.ERROR_IO_DEVICE
+    h.Close()
