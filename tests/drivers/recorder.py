@@ -72,7 +72,7 @@ def CancelPended(DeviceObject, Irp):
     if Irp in pended:
         pended.remove(Irp)
     KeReleaseMutex(lock, False)
-    DbgPrint("recorder: cancelled an IRP of pid %d", IoGetRequestorProcessId(Irp))
+    DbgPrint("recorder: cancelled an IRP of pid %d at IRQL %d", IoGetRequestorProcessId(Irp), KeGetCurrentIrql())
     _complete(Irp, STATUS_CANCELLED)
 
 

@@ -162,3 +162,27 @@ def test_without_a_fault_limit_a_driver_is_never_marked_faulted(mis):
     assert info["faults"] == 5 and not info["faulted"]
     open_dev().Close()
     h.Close()
+
+
+def test_cancel_routines_return_to_the_callers_irql(kernel):
+    """IoCancelIrp leaves the thread at the IRQL it was called at, so the
+    cancel routine of the next IRP it cancels runs its tail at PASSIVE_LEVEL."""
+    from ringzero.win32 import win32event
+    sys.path.insert(0, TEST_DRIVERS)
+    import recorder as R
+    kernel.load(os.path.join(TEST_DRIVERS, "recorder.py"), "Recorder")
+    h = win32file.CreateFile(r"\\.\Recorder", win32con.GENERIC_READ, 0, None, win32con.OPEN_EXISTING,
+                             win32con.FILE_FLAG_OVERLAPPED, None)
+    ovs = []
+    for _ in range(3):
+        ov = pywintypes.OVERLAPPED()
+        ov.hEvent = win32event.CreateEvent(None, True, False, None)
+        win32file.DeviceIoControl(h, R.IOCTL_PEND, None, 0, ov)
+        ovs.append(ov)
+    win32file.CancelIo(h)
+    for ov in ovs:
+        assert win32event.WaitForSingleObject(ov.hEvent, 10_000) == win32event.WAIT_OBJECT_0
+    lines = [r["text"] for r in records() if r["text"].startswith("recorder: cancelled an IRP")]
+    assert len(lines) == 3 and all(t.endswith(" at IRQL 0") for t in lines), lines
+    assert records("verifier") == []
+    h.Close()

@@ -18,6 +18,7 @@ SL_INVOKE_ON_CANCEL = irpc.SL_INVOKE_ON_CANCEL
 
 # NT's cancel spin lock: IoCancelIrp takes it, the cancel routine releases it.
 _cancel_lock = threading.Lock()
+_cancel_owner = None   # the thread holding _cancel_lock, so only it may be told it forgot to release it
 _xchg_lock = threading.Lock()
 
 
@@ -139,13 +140,17 @@ def IoSetCancelRoutine(Irp: IRP, CancelRoutine):
 
 
 def IoAcquireCancelSpinLock() -> int:
+    global _cancel_owner
     _cancel_lock.acquire()
+    _cancel_owner = threading.get_ident()
     irql, current.irql = current.irql, DISPATCH_LEVEL
     return irql
 
 
 def IoReleaseCancelSpinLock(Irql: int) -> None:
+    global _cancel_owner
     current.irql = Irql
+    _cancel_owner = None
     _cancel_lock.release()
 
 
@@ -170,11 +175,12 @@ def IoCancelIrp(Irp: IRP) -> bool:
     except Exception as exc:
         dbg.fault(f"cancel routine {getattr(routine, '__name__', '?')}", exc, driver)
     finally:
-        if _cancel_lock.locked() and current.irql == DISPATCH_LEVEL:
+        if _cancel_owner == threading.get_ident():
             # a cancel routine that forgot IoReleaseCancelSpinLock would hang the system
             verifier.violation("CANCEL_SPIN_LOCK_NOT_RELEASED", getattr(routine, "__name__", "?"),
                                driver=driver, raise_it=False)
             IoReleaseCancelSpinLock(irql)
+        current.irql = irql   # the caller's IRQL, whatever the routine left
     return True
 
 
