@@ -20,7 +20,6 @@ import mmap
 import os
 import select
 import socket
-import struct
 import subprocess
 import sys
 import threading

@@ -32,11 +32,13 @@ def test_ring_is_a_fifo_of_whole_frames(ops):
         if put:
             f = frame(i, n)
             i += 1
-            if prod.put(f):
+            total = (len(f) + 7) & ~7
+            free = 4096 - (prod.pos - cons.pos)
+            room = 4096 - prod.pos % 4096
+            fits = total <= prod.max_frame and free >= (total if room >= total else room + total)
+            assert prod.put(f) == fits     # refused exactly when too large or not fitting now
+            if fits:
                 model.append(f)
-            else:
-                # refused only when too large or when it would not fit now
-                assert len(f) > prod.max_frame or (prod.pos - cons.pos) + len(f) > 4096 - 64
         else:
             got = cons.get()
             assert got == (model.pop(0) if model else None)

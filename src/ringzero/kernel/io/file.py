@@ -10,12 +10,12 @@ object, and the program's reply.
 from __future__ import annotations
 
 from ringzero.kernel import dbg, system, verifier
-from ringzero.kernel.context import calling_driver, current
+from ringzero.kernel.context import calling_driver
 from ringzero.kernel.io.irp import IoCallDriver, IoCancelIrp, IoCompleteRequest
 from ringzero.kernel.io.objects import DEVICE_OBJECT, FILE_OBJECT, IO_SECURITY_CONTEXT, IRP
 from ringzero.kernel.ke import dispatcher as ke
 from ringzero.kernel.mm.mdl import mdl_for_buffer
-from ringzero.kernel.mm.user import AccessViolation, NtException, UserAddress
+from ringzero.kernel.mm.user import NtException, UserAddress
 from ringzero.kernel.ob import object as ob
 from ringzero.kernel.ob.handles import HandleError, release_entry
 from ringzero.kernel.ob.namespace import ObjectError, dos_to_nt
@@ -133,7 +133,7 @@ def _dispatch_fault(irp: IRP, exc: Exception) -> int:
             driver.note_fault()
     else:
         dbg.fault(f"dispatch routine for {irpc.IRP_MJ_NAMES[irp.major]}", exc, driver)
-        status = st.STATUS_DRIVER_INTERNAL_ERROR if not isinstance(exc, verifier.DriverBugcheck) else st.STATUS_DRIVER_INTERNAL_ERROR
+        status = st.STATUS_DRIVER_INTERNAL_ERROR
     if not irp.completed:
         irp.CancelRoutine = None
         irp.IoStatus.Status = status
@@ -508,6 +508,3 @@ def cancel_all(process) -> int:
         IoCancelIrp(irp)
     return len(targets)
 
-
-def touch_access_violation() -> type:
-    return AccessViolation

@@ -8,7 +8,7 @@ from __future__ import annotations
 import threading
 
 from ringzero.kernel import dbg, verifier
-from ringzero.kernel.ke.dispatcher import KEVENT, NotificationEvent, SynchronizationEvent
+from ringzero.kernel.ke.dispatcher import KEVENT, NotificationEvent
 from ringzero.kernel.ob.object import ObjectHeader
 from ringzero.nt import irp as irpc
 
@@ -287,5 +287,3 @@ class IRP:
         self.out_length = 0
         self.driver = None
 
-
-KEVENT_SYNC = SynchronizationEvent
