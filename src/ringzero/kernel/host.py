@@ -155,6 +155,7 @@ class ProgramConnection:
         self.subscriptions: list = []
         self.closed = False
         self.channel: ringpoll.Channel | None = None   # shared-memory rings, once attached
+        self.waits: set = set()      # the program's waits in progress (asynchronous wait blocks)
         self.rundown_done = threading.Event()
         self._rundown_lock = threading.Lock()
         sock.settimeout(None)
@@ -344,7 +345,7 @@ class ProgramConnection:
         elif kind == Kind.WAIT:
             wait_all, _alertable, count, timeout = wire.WAIT.unpack_from(p)
             handles = list(struct.unpack_from(f"<{count}Q", p, wire.WAIT.size))
-            self._reply(rid, obev.wait_for_handles(proc, handles, bool(wait_all), timeout))
+            self._wait(rid, handles, bool(wait_all), timeout)
         elif kind == Kind.EVENT_OP:
             h, op = wire.EVENT_OP.unpack_from(p)
             status, prev = obev.event_op(proc, h, op)
@@ -389,6 +390,23 @@ class ProgramConnection:
             self._send_locked(wire.reply(rid, st.STATUS_SUCCESS, ch.req.size))
             self.channel = ch
         ringpoll.get_poller().register(ch)
+
+    def _wait(self, rid: int, handles: list[int], wait_all: bool, timeout_ms: int) -> None:
+        """A program's WaitFor*Object(s): no kernel thread waits for it; the
+        reply goes out from whichever thread satisfies the wait (or times it out)."""
+        box = []
+
+        def done(status, rid=rid, box=box):
+            if box:
+                self.waits.discard(box[0])
+            self._reply(rid, status)
+
+        wb = obev.wait_for_handles(self.process, handles, wait_all, timeout_ms, on_done=done)
+        if wb is not None and not wb.done:
+            box.append(wb)
+            self.waits.add(wb)
+            if wb.done:          # satisfied between the two lines above
+                self.waits.discard(wb)
 
     def _reply(self, rid: int, status: int, information: int = 0, data: bytes = b"") -> None:
         self.send(wire.reply(rid, status, information, data))
@@ -465,6 +483,8 @@ class ProgramConnection:
                 proc.exiting = True
                 for ident in list(self.dispatching):
                     ke.alert_thread(ident)
+                for wb in list(self.waits):
+                    ke.cancel_async(wb, st.STATUS_ALERTED)
                 try:
                     self._rundown_process(proc)
                 except Exception as e:

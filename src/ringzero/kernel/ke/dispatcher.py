@@ -16,7 +16,44 @@ import time
 from ringzero.kernel.ob.object import ObjectHeader
 from ringzero.nt import status as st
 
-_lock = threading.Lock()
+class _DispatcherLock:
+    """The dispatcher database lock.  Callbacks of asynchronous waits that a
+    holder satisfies are queued and run just after the lock is released, in the
+    releasing thread, so they may send, block or take the lock again."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._local = threading.local()
+
+    def __enter__(self):
+        self._lock.acquire()
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        queued = getattr(self._local, "queued", None)
+        if queued:
+            self._local.queued = None
+        self._lock.release()
+        if queued:
+            for callback, status in queued:
+                try:
+                    callback(status)
+                except Exception as e:  # the callback's owner is at fault, not the signaller
+                    from ringzero.kernel import dbg
+                    dbg.fault("wait completion", e)
+        return False
+
+    def defer(self, callback, status: int) -> None:
+        q = getattr(self._local, "queued", None)
+        if q is None:
+            q = self._local.queued = []
+        q.append((callback, status))
+
+    def locked(self) -> bool:
+        return self._lock.locked()
+
+
+_lock = _DispatcherLock()
 
 NotificationEvent = 0
 SynchronizationEvent = 1
@@ -111,16 +148,30 @@ class KSEMAPHORE(DispatcherObject):
 
 
 class _WaitBlock:
-    __slots__ = ("objects", "wait_all", "thread", "parked", "result", "done")
+    """A thread parked on `parked`, or (with `callback`) a wait nobody parks
+    for: satisfying it queues callback(status) instead of waking a thread."""
 
-    def __init__(self, objects, wait_all, thread):
+    __slots__ = ("objects", "wait_all", "thread", "parked", "result", "done", "callback")
+
+    def __init__(self, objects, wait_all, thread, callback=None):
         self.objects = objects
         self.wait_all = wait_all
         self.thread = thread
-        self.parked = threading.Lock()
-        self.parked.acquire()
+        self.callback = callback
+        if callback is None:
+            self.parked = threading.Lock()
+            self.parked.acquire()
         self.result = None
         self.done = False
+
+    def _finish(self, result: int) -> None:
+        """With `_lock` held."""
+        self.result = result
+        self.done = True
+        if self.callback is not None:
+            _lock.defer(self.callback, result)
+        else:
+            self.parked.release()
 
 
 class Alerted(Exception):
@@ -172,9 +223,7 @@ def _wake_waiters(obj: DispatcherObject) -> None:
         result = _try_satisfy(wb)
         if result is not None:
             _unlink(wb)
-            wb.result = result
-            wb.done = True
-            wb.parked.release()
+            wb._finish(result)
 
 
 def timeout_to_seconds(Timeout) -> float | None:
@@ -223,6 +272,35 @@ def wait(objects: list[DispatcherObject], wait_all: bool, seconds: float | None,
     return wb.result
 
 
+def wait_async(objects: list[DispatcherObject], wait_all: bool, seconds: float | None, thread, callback):
+    """Wait for `objects` without a thread: `callback(status)` runs once, when the
+    wait is satisfied (in the satisfying thread), times out (on the timer
+    thread) or is cancelled.  Returns the wait block, for `cancel_async`."""
+    wb = _WaitBlock(objects, wait_all, thread, callback)
+    with _lock:
+        result = _try_satisfy(wb)
+        if result is None and seconds == 0:
+            result = st.STATUS_TIMEOUT
+        if result is not None:
+            wb._finish(result)
+            return wb
+        for o in objects:
+            o.wait_list.append(wb)
+    if seconds is not None:
+        from ringzero.kernel.ke import timer
+        timer.call_at(time.monotonic() + seconds, lambda: cancel_async(wb, st.STATUS_TIMEOUT))
+    return wb
+
+
+def cancel_async(wb: _WaitBlock, status: int) -> bool:
+    with _lock:
+        if wb.done:
+            return False
+        _unlink(wb)
+        wb._finish(status)
+        return True
+
+
 def alert_thread(ident: int) -> bool:
     """End the wait of kernel thread `ident` with STATUS_ALERTED (its program died)."""
     with _lock:
@@ -230,9 +308,7 @@ def alert_thread(ident: int) -> bool:
         if wb is None or wb.done:
             return False
         _unlink(wb)
-        wb.done = True
-        wb.result = st.STATUS_ALERTED
-        wb.parked.release()
+        wb._finish(st.STATUS_ALERTED)
         return True
 
 
@@ -344,13 +420,11 @@ def KeReadStateSemaphore(Semaphore: KSEMAPHORE) -> int:
 
 
 def _check_irql(seconds: float | None, routine: str) -> None:
-    """NT bug-checks a wait that could block at DISPATCH_LEVEL: only a zero
-    timeout may be used there.  Checked where DISPATCH_LEVEL is certain, in a
-    DPC, a KTIMER's DPC or an IoTimer routine (they run on the timer thread)."""
+    """NT bug-checks a wait that could block at DISPATCH_LEVEL (in a DPC, a
+    timer routine, under a spin lock): only a zero timeout may be used there."""
     from ringzero.kernel import verifier
     from ringzero.kernel.context import DISPATCH_LEVEL, current
-    from ringzero.kernel.ke import timer
-    if seconds != 0 and current.irql >= DISPATCH_LEVEL and timer.on_timer_thread():
+    if seconds != 0 and current.irql >= DISPATCH_LEVEL:
         verifier.violation(verifier.IRQL_NOT_LESS_OR_EQUAL,
                            f"{routine} with a {'infinite' if seconds is None else 'non-zero'} timeout at IRQL {current.irql}")
 

@@ -112,6 +112,11 @@ def stop() -> None:
     _thread.stop()
 
 
+def call_at(due: float, fn) -> None:
+    """Run `fn()` on the timer thread at monotonic time `due` (kernel use only)."""
+    _thread.schedule(due, lambda _due, _token: fn())
+
+
 def _run_dpc(dpc: KDPC, arg1, arg2) -> None:
     dpc._queued = False
     try:

@@ -124,26 +124,30 @@ def event_op(process, handle: int, op: int) -> tuple[int, int]:
     return st.STATUS_INVALID_PARAMETER, 0
 
 
-def wait_for_handles(process, handles: list[int], wait_all: bool, timeout_ms: int) -> int:
+def wait_for_handles(process, handles: list[int], wait_all: bool, timeout_ms: int, on_done=None):
     """NtWaitForMultipleObjects for a program: the objects must be waitable and
-    the handles opened with SYNCHRONIZE."""
-    if not 0 < len(handles) <= ke.MAXIMUM_WAIT_OBJECTS:
-        return st.STATUS_INVALID_PARAMETER
-    if wait_all and len(set(handles)) != len(handles):
-        return st.STATUS_INVALID_PARAMETER_MIX if hasattr(st, "STATUS_INVALID_PARAMETER_MIX") else st.STATUS_INVALID_PARAMETER
-    objs = []
-    for h in handles:
-        try:
-            e = process.handles.get(h)
-        except HandleError as err:
-            return err.status
-        obj = e.obj
-        if not e.access & acc.SYNCHRONIZE:
-            return st.STATUS_ACCESS_DENIED
-        disp = obj if isinstance(obj, ke.DispatcherObject) else getattr(obj, "dispatcher", None)
-        if not isinstance(disp, ke.DispatcherObject):
-            return st.STATUS_OBJECT_TYPE_MISMATCH
-        objs.append(disp)
+    the handles opened with SYNCHRONIZE.
+
+    With `on_done`, no kernel thread waits: on_done(status) runs when the wait
+    ends, and the wait block is returned (None if a check failed at once, after
+    on_done got the error)."""
+    if on_done is not None:
+        status, objs = _waitable(process, handles, wait_all)
+        if objs is None:
+            on_done(status)
+            return None
+        refs = [ob.reference(o) for o in objs]
+
+        def done(status, refs=refs):
+            for o in refs:
+                ob.dereference(o)
+            on_done(status)
+
+        seconds = None if timeout_ms < 0 else timeout_ms / 1000
+        return ke.wait_async(objs, wait_all, seconds, (process.pid, current.program_thread), done)
+    status, objs = _waitable(process, handles, wait_all)
+    if objs is None:
+        return status
     ob_refs = [ob.reference(o) for o in objs]
     try:
         seconds = None if timeout_ms < 0 else timeout_ms / 1000
@@ -151,6 +155,28 @@ def wait_for_handles(process, handles: list[int], wait_all: bool, timeout_ms: in
     finally:
         for o in ob_refs:
             ob.dereference(o)
+
+
+def _waitable(process, handles: list[int], wait_all: bool):
+    """(status, dispatcher objects), objects None when a check fails."""
+    if not 0 < len(handles) <= ke.MAXIMUM_WAIT_OBJECTS:
+        return st.STATUS_INVALID_PARAMETER, None
+    if wait_all and len(set(handles)) != len(handles):
+        return st.STATUS_INVALID_PARAMETER_MIX, None
+    objs = []
+    for h in handles:
+        try:
+            e = process.handles.get(h)
+        except HandleError as err:
+            return err.status, None
+        obj = e.obj
+        if not e.access & acc.SYNCHRONIZE:
+            return st.STATUS_ACCESS_DENIED, None
+        disp = obj if isinstance(obj, ke.DispatcherObject) else getattr(obj, "dispatcher", None)
+        if not isinstance(disp, ke.DispatcherObject):
+            return st.STATUS_OBJECT_TYPE_MISMATCH, None
+        objs.append(disp)
+    return st.STATUS_SUCCESS, objs
 
 
 def duplicate_handle(process, handle: int, desired: int, same_access: bool) -> tuple[int, int]:
