@@ -160,19 +160,25 @@ def _sock_server(fd: int, other: int) -> None:
         s.send(m)
 
 
+def _round_trips(send, recv, n: int, warmup: int = 1000) -> list[float]:
+    """Time n request/response pairs after `warmup` untimed ones."""
+    out = []
+    pc = time.perf_counter
+    for i in range(n + warmup):
+        t = pc()
+        send(MSG)
+        recv()
+        if i >= warmup:
+            out.append(pc() - t)
+    return out
+
+
 def bench_socket(n: int) -> list[float]:
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     p = mp.get_context("fork").Process(target=_sock_server, args=(b.fileno(), a.fileno()))
     p.start()
     b.close()
-    out = []
-    pc = time.perf_counter
-    for i in range(n + 1000):
-        t = pc()
-        a.send(MSG)
-        a.recv(64)
-        if i >= 1000:
-            out.append(pc() - t)
+    out = _round_trips(a.send, lambda: a.recv(64), n)
     a.close()
     p.join()
     return out
@@ -192,14 +198,7 @@ def bench_mp_pipe(n: int) -> list[float]:
     p = mp.get_context("fork").Process(target=_pipe_server, args=(b, a))
     p.start()
     b.close()
-    out = []
-    pc = time.perf_counter
-    for i in range(n + 1000):
-        t = pc()
-        a.send_bytes(MSG)
-        a.recv_bytes()
-        if i >= 1000:
-            out.append(pc() - t)
+    out = _round_trips(a.send_bytes, a.recv_bytes, n)
     a.close()
     p.join()
     return out
@@ -226,14 +225,7 @@ def bench_zmq(n: int) -> list[float] | None:
     p.start()
     s = zmq.Context().socket(zmq.REQ)
     s.connect(addr)
-    out = []
-    pc = time.perf_counter
-    for i in range(n + 1000):
-        t = pc()
-        s.send(MSG)
-        s.recv()
-        if i >= 1000:
-            out.append(pc() - t)
+    out = _round_trips(s.send, s.recv, n)
     s.send(b"stop")
     s.recv()
     p.join()
