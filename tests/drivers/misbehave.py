@@ -11,6 +11,7 @@ IOCTL_INFO_TOO_LARGE     completes with Information = output length + 100
 IOCTL_TOUCH_AFTER        completes, then passes the IRP on with IoCallDriver
 IOCTL_WAIT_IN_DPC        queues a DPC that waits (1 s timeout) at DISPATCH_LEVEL
 IOCTL_LEAK_POOL          allocates a pool block tagged 'Mis!' and forgets it
+IOCTL_WAIT_UNDER_LOCK    waits (1 s timeout) holding a spin lock
 IOCTL_PING               completes properly (the driver still serves)
 """
 
@@ -26,9 +27,11 @@ IOCTL_TOUCH_AFTER = CTL_CODE(DEV, 0xA05, METHOD_BUFFERED, FILE_ANY_ACCESS)
 IOCTL_WAIT_IN_DPC = CTL_CODE(DEV, 0xA06, METHOD_BUFFERED, FILE_ANY_ACCESS)
 IOCTL_LEAK_POOL = CTL_CODE(DEV, 0xA07, METHOD_BUFFERED, FILE_ANY_ACCESS)
 IOCTL_PING = CTL_CODE(DEV, 0xA08, METHOD_BUFFERED, FILE_ANY_ACCESS)
+IOCTL_WAIT_UNDER_LOCK = CTL_CODE(DEV, 0xA09, METHOD_BUFFERED, FILE_ANY_ACCESS)
 
 g_Dpc = KDPC()
 g_Event = KEVENT()
+g_Lock = KSPIN_LOCK()
 
 
 def _complete(Irp, status, info=0):
@@ -74,6 +77,13 @@ def DispatchControl(DeviceObject, Irp):
     if code == IOCTL_LEAK_POOL:
         ExAllocatePoolWithTag(NonPagedPool, 48, "Mis!")
         return _complete(Irp, STATUS_SUCCESS)
+    if code == IOCTL_WAIT_UNDER_LOCK:
+        irql = KeAcquireSpinLock(g_Lock)
+        try:
+            KeWaitForSingleObject(g_Event, Executive, KernelMode, False, LARGE_INTEGER(-10_000_000))
+        finally:
+            KeReleaseSpinLock(g_Lock, irql)
+        return _complete(Irp, STATUS_SUCCESS)
     if code == IOCTL_PING:
         return _complete(Irp, STATUS_SUCCESS)
     return _complete(Irp, STATUS_INVALID_DEVICE_REQUEST)
@@ -87,6 +97,7 @@ def DriverUnload(DriverObject):
 def DriverEntry(DriverObject, RegistryPath):
     KeInitializeEvent(g_Event, NotificationEvent, False)
     KeInitializeDpc(g_Dpc, WaitingDpc, None)
+    KeInitializeSpinLock(g_Lock)
     status, dev = IoCreateDevice(DriverObject, 0, r"\Device\Misbehave", FILE_DEVICE_UNKNOWN, 0, False)
     if not NT_SUCCESS(status):
         return status

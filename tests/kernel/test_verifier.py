@@ -95,6 +95,21 @@ def test_a_wait_at_dispatch_level_in_a_dpc_is_irql_not_less_or_equal(mis):
     h.Close()
 
 
+def test_a_wait_under_a_spin_lock_is_irql_not_less_or_equal(mis):
+    h = open_dev()
+    with pytest.raises(pywintypes.error) as e:
+        win32file.DeviceIoControl(h, M.IOCTL_WAIT_UNDER_LOCK, None, 0)
+    assert e.value.winerror == winerror.ERROR_IO_DEVICE   # the fault fails the IRP
+    lines = verifier_lines()
+    assert len(lines) == 1 and lines[0].startswith(f"Misbehave: {V.IRQL_NOT_LESS_OR_EQUAL}"), lines
+    still_serves(h)
+    # the lock was released and the thread is back at PASSIVE_LEVEL: it can happen again, once
+    with pytest.raises(pywintypes.error):
+        win32file.DeviceIoControl(h, M.IOCTL_WAIT_UNDER_LOCK, None, 0)
+    assert len(verifier_lines()) == 2
+    h.Close()
+
+
 def test_pool_left_at_unload_is_a_named_leak(mis):
     h = open_dev()
     win32file.DeviceIoControl(h, M.IOCTL_LEAK_POOL, None, 0)

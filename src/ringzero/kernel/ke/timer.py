@@ -99,11 +99,6 @@ class _TimerThread:
 _thread = _TimerThread()
 
 
-def on_timer_thread() -> bool:
-    """True in the thread that runs DPCs, KTIMER DPCs and IoTimer routines."""
-    return threading.current_thread() is _thread._thread
-
-
 def start(system_process) -> None:
     _thread.start(system_process)
 
