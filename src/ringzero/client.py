@@ -464,9 +464,10 @@ def ensure_kernel(quiet: bool = True) -> tuple[str, bool]:
 
 
 def ensure_driver(service: str, image: str) -> bool:
-    """Load `image` as `service` unless a driver of that name is loaded; True if loaded here."""
+    """Load `image` as `service` unless a driver of that name is loaded (service
+    names compare without regard to case, as the SCM's do); True if loaded here."""
     c = connection()
-    if service in c.call("kernel.info")["drivers"]:
+    if service.upper() in (d.upper() for d in c.call("kernel.info")["drivers"]):
         return False
     c.call("driver.load", image=image, service=service)
     return True

@@ -43,3 +43,16 @@ def test_stale_socket_is_reclaimed_and_shutdown_is_clean(tmp_path):
     assert "driver echo unloaded" in text          # DriverUnload ran at shutdown
     assert not os.path.exists(path)                # and the socket is gone
     first._log.close()
+
+
+def test_ensure_driver_matches_service_names_without_case(tmp_path, monkeypatch):
+    k = KernelProcess(tmp_path, loads=["ringzero.drivers.echo"])     # service "echo"
+    monkeypatch.setenv("RINGZERO_SOCKET", k.socket)
+    from ringzero import client
+    client.disconnect()
+    try:
+        assert client.ensure_driver("ECHO", "ringzero.drivers.echo") is False
+        assert client.ensure_driver("Recorder2", os.path.join(os.path.dirname(__file__), "..", "drivers",
+                                                              "recorder.py")) is True
+    finally:
+        k.stop()
