@@ -181,7 +181,17 @@ class ProgramConnection:
             if fds:
                 self.sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
             else:
-                self.sock.sendall(data)
+                try:
+                    n = self.sock.send(data, socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    n = 0
+                if n < len(data):
+                    # the program is slow to read: before this thread blocks, hand its
+                    # role (the ring poller's, a reader's) on, so only this program waits
+                    hook = getattr(ke._hooks, "before_block", None)
+                    if hook is not None:
+                        hook()
+                    self.sock.sendall(memoryview(data)[n:])
         except OSError as e:
             # the program stopped reading, or is gone: end the connection; the reader runs it down
             if e.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
