@@ -125,14 +125,20 @@ def as_user(user: str) -> list[str]:
     return prefix + [_python_for[user]]
 
 
-@pytest.fixture
-def kernel(tmp_path, monkeypatch):
-    """A kernel process with the echo driver loaded; this test is a program of it."""
-    k = KernelProcess(tmp_path, loads=["ringzero.drivers.echo"])
+def start_kernel(tmp_path, monkeypatch, loads=(), extra_args=()) -> KernelProcess:
+    """A kernel process this test process is (from now on) a program of."""
+    k = KernelProcess(tmp_path, loads=loads, extra_args=extra_args)
     monkeypatch.setenv("RINGZERO_SOCKET", k.socket)
     monkeypatch.setenv("RINGZERO_STATE", k.state)
     from ringzero import client
     client.disconnect()
+    return k
+
+
+@pytest.fixture
+def kernel(tmp_path, monkeypatch):
+    """A kernel process with the echo driver loaded; this test is a program of it."""
+    k = start_kernel(tmp_path, monkeypatch, loads=["ringzero.drivers.echo"])
     try:
         yield k
     finally:
@@ -142,11 +148,7 @@ def kernel(tmp_path, monkeypatch):
 @pytest.fixture
 def bare_kernel(tmp_path, monkeypatch):
     """A kernel process with no driver loaded."""
-    k = KernelProcess(tmp_path)
-    monkeypatch.setenv("RINGZERO_SOCKET", k.socket)
-    monkeypatch.setenv("RINGZERO_STATE", k.state)
-    from ringzero import client
-    client.disconnect()
+    k = start_kernel(tmp_path, monkeypatch)
     try:
         yield k
     finally:

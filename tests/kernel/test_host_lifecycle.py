@@ -6,7 +6,7 @@ import socket
 import subprocess
 import sys
 
-from conftest import KernelProcess
+from conftest import KernelProcess, start_kernel
 
 
 def test_second_kernel_on_a_live_socket_refuses(kernel):
@@ -46,10 +46,8 @@ def test_stale_socket_is_reclaimed_and_shutdown_is_clean(tmp_path):
 
 
 def test_ensure_driver_matches_service_names_without_case(tmp_path, monkeypatch):
-    k = KernelProcess(tmp_path, loads=["ringzero.drivers.echo"])     # service "echo"
-    monkeypatch.setenv("RINGZERO_SOCKET", k.socket)
+    k = start_kernel(tmp_path, monkeypatch, loads=["ringzero.drivers.echo"])     # service "echo"
     from ringzero import client
-    client.disconnect()
     try:
         assert client.ensure_driver("ECHO", "ringzero.drivers.echo") is False
         assert client.ensure_driver("Recorder2", os.path.join(os.path.dirname(__file__), "..", "drivers",

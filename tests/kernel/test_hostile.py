@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import TEST_DRIVERS, KernelProcess, wait_until
+from conftest import TEST_DRIVERS, start_kernel, wait_until
 from ringzero import client
 from ringzero.nt import status as st
 from ringzero.protocol import wire
@@ -228,11 +228,7 @@ def test_a_program_that_stops_reading_its_replies_is_disconnected(hk):
 
 
 def _quota_kernel(tmp_path, monkeypatch, *args):
-    k = KernelProcess(tmp_path, loads=[RECORDER], extra_args=args)
-    monkeypatch.setenv("RINGZERO_SOCKET", k.socket)
-    monkeypatch.setenv("RINGZERO_STATE", k.state)
-    client.disconnect()
-    return k
+    return start_kernel(tmp_path, monkeypatch, loads=[RECORDER], extra_args=args)
 
 
 def test_handle_quota(tmp_path, monkeypatch):

@@ -3,12 +3,11 @@ test driver in a real kernel, seen as its named error in the kernel's log, and
 the kernel (and the same driver) serving on afterwards."""
 
 import os
-import struct
 import sys
 
 import pytest
 
-from conftest import TEST_DRIVERS, KernelProcess, wait_until
+from conftest import TEST_DRIVERS, start_kernel, wait_until
 from ringzero import client
 from ringzero.kernel import verifier as V
 from ringzero.win32 import pywintypes, win32con, win32file, winerror
@@ -122,11 +121,7 @@ def test_pool_left_at_unload_is_a_named_leak(mis):
 
 
 def _kernel_with(tmp_path, monkeypatch, *args):
-    k = KernelProcess(tmp_path, loads=[MISBEHAVE], extra_args=args)
-    monkeypatch.setenv("RINGZERO_SOCKET", k.socket)
-    monkeypatch.setenv("RINGZERO_STATE", k.state)
-    client.disconnect()
-    return k
+    return start_kernel(tmp_path, monkeypatch, loads=[MISBEHAVE], extra_args=args)
 
 
 def test_no_verifier_turns_the_checks_off_but_not_the_io_managers_repairs(tmp_path, monkeypatch):

@@ -155,7 +155,7 @@ class ProgramConnection:
         self.subscriptions: list = []
         self.closed = False
         self.channel: ringpoll.Channel | None = None   # shared-memory rings, once attached
-        self.waits: set = set()      # the program's waits in progress (asynchronous wait blocks)
+        self.waits: dict = {}        # request id -> the program's wait in progress (an asynchronous wait block)
         self.rundown_done = threading.Event()
         self._rundown_lock = threading.Lock()
         sock.settimeout(None)
@@ -404,19 +404,15 @@ class ProgramConnection:
     def _wait(self, rid: int, handles: list[int], wait_all: bool, timeout_ms: int) -> None:
         """A program's WaitFor*Object(s): no kernel thread waits for it; the
         reply goes out from whichever thread satisfies the wait (or times it out)."""
-        box = []
-
-        def done(status, rid=rid, box=box):
-            if box:
-                self.waits.discard(box[0])
+        def done(status, rid=rid):
+            self.waits.pop(rid, None)
             self._reply(rid, status)
 
-        wb = obev.wait_for_handles(self.process, handles, wait_all, timeout_ms, on_done=done)
+        wb = obev.wait_for_handles(self.process, handles, wait_all, timeout_ms, done)
         if wb is not None and not wb.done:
-            box.append(wb)
-            self.waits.add(wb)
+            self.waits[rid] = wb
             if wb.done:          # satisfied between the two lines above
-                self.waits.discard(wb)
+                self.waits.pop(rid, None)
 
     def _reply(self, rid: int, status: int, information: int = 0, data: bytes = b"") -> None:
         self.send(wire.reply(rid, status, information, data))
@@ -493,7 +489,7 @@ class ProgramConnection:
                 proc.exiting = True
                 for ident in list(self.dispatching):
                     ke.alert_thread(ident)
-                for wb in list(self.waits):
+                for wb in list(self.waits.values()):
                     ke.cancel_async(wb, st.STATUS_ALERTED)
                 try:
                     self._rundown_process(proc)

@@ -35,7 +35,6 @@ DEFAULT_MAX_PAYLOAD = 16 * 1024 * 1024
 MAX_FDS = 8
 
 FLAG_OVERLAPPED = 0x01  # request: the program issued it with an OVERLAPPED
-FLAG_ERROR = 0x02       # CALL reply: payload is an error, not a result
 
 
 class Kind(enum.IntEnum):

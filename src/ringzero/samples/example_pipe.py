@@ -52,6 +52,19 @@ def open_pipe(name: str, access: int, prog: str) -> pywintypes.HANDLEType:
         raise click.ClickException(f"cannot open {pipe_path(name)}: {e.strerror} (Win32 error {e.winerror})") from None
 
 
+def run_on_pipe(name: str, body, prog: str) -> None:
+    r"""Open \\.\Example\NAME, run body(handle), close.  A Win32 failure becomes
+    a clear CLI error; Ctrl-C just ends the program (the kernel closes its handle)."""
+    h = open_pipe(name, win32file.GENERIC_READ | win32file.GENERIC_WRITE, prog)
+    try:
+        body(h)
+    except KeyboardInterrupt:
+        return
+    except pywintypes.error as e:
+        raise click.ClickException(f"{e.funcname} on {pipe_path(name)} failed: {e.strerror} (Win32 error {e.winerror})") from None
+    h.Close()
+
+
 def _load_driver(prog: str) -> None:
     try:
         if client.ensure_driver(SERVICE, IMAGE):

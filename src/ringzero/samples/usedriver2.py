@@ -13,7 +13,7 @@ import sys
 import click
 
 from ringzero.drivers.example_ioctl import IOCTL_EXAMPLE_SET_SIZE
-from ringzero.samples.example_pipe import demo, open_pipe, pipe_path  # noqa: F401  (demo: `ringzero demo`'s scene)
+from ringzero.samples.example_pipe import demo, pipe_path, run_on_pipe  # noqa: F401  (demo: `ringzero demo`'s scene)
 from ringzero.win32 import pywintypes, win32file
 
 PROG = "usedriver2"
@@ -30,8 +30,7 @@ def cli(name: str, size: int | None) -> None:
     compared without regard to case.  A line that does not fit in the ring
     buffer is reported on stderr with how much of it was stored.
     """
-    h = open_pipe(name, win32file.GENERIC_READ | win32file.GENERIC_WRITE, PROG)
-    try:
+    def body(h):
         if size is not None:
             try:
                 win32file.DeviceIoControl(h, IOCTL_EXAMPLE_SET_SIZE, struct.pack("<I", size), 0)
@@ -43,12 +42,8 @@ def cli(name: str, size: int | None) -> None:
             _, written = win32file.WriteFile(h, line)
             if written < len(line):
                 click.echo(f"{PROG}: the pipe is full: {written} of {len(line)} bytes stored", err=True)
-    except KeyboardInterrupt:
-        return      # the program ends; the kernel closes its handle
-    except pywintypes.error as e:
-        raise click.ClickException(f"{e.funcname} on {pipe_path(name)} failed: {e.strerror} (Win32 error {e.winerror})") from None
-    h.Close()
 
+    run_on_pipe(name, body, PROG)
 
 if __name__ == "__main__":
     cli(prog_name=PROG)

@@ -15,7 +15,7 @@ import threading
 import click
 
 from ringzero.drivers.example_ioctl import EXAMPLE_BLOCKING_READS, IOCTL_EXAMPLE_SET_BLOCKING
-from ringzero.samples.example_pipe import open_pipe, pipe_path
+from ringzero.samples.example_pipe import pipe_path, run_on_pipe
 from ringzero.win32 import pywintypes, win32file
 from ringzero.win32.winerror import ERROR_OPERATION_ABORTED
 
@@ -79,18 +79,7 @@ def cli(name: str, follow: bool) -> None:
 
     With --follow, print data as it arrives instead (blocking reads).
     """
-    h = open_pipe(name, win32file.GENERIC_READ | win32file.GENERIC_WRITE, PROG)
-    try:
-        if follow:
-            _follow(h, name)
-        else:
-            _on_enter(h, name)
-    except KeyboardInterrupt:
-        return      # the program ends; the kernel closes its handle
-    except pywintypes.error as e:
-        raise click.ClickException(f"{e.funcname} on {pipe_path(name)} failed: {e.strerror} (Win32 error {e.winerror})") from None
-    h.Close()
-
+    run_on_pipe(name, (lambda h: _follow(h, name)) if follow else (lambda h: _on_enter(h, name)), PROG)
 
 if __name__ == "__main__":
     cli(prog_name=PROG)

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import KernelProcess, wait_until
+from conftest import start_kernel, wait_until
 
 from ringzero import client
 from ringzero.kernel.svc.store import Store
@@ -327,9 +327,7 @@ def test_a_registry_key_left_open_is_a_named_leak(bare_kernel):
 
 
 def test_services_survive_a_restart_and_start_at_boot_in_order(tmp_path, monkeypatch):
-    k = KernelProcess(tmp_path)
-    monkeypatch.setenv("RINGZERO_SOCKET", k.socket)
-    client.disconnect()
+    k = start_kernel(tmp_path, monkeypatch)
     order = tmp_path / "order.py"
     order.write_text("from ringzero.ddk import *\n\n"
                      "def DriverUnload(DriverObject):\n    pass\n\n"
@@ -347,9 +345,7 @@ def test_services_survive_a_restart_and_start_at_boot_in_order(tmp_path, monkeyp
         assert [n for n, _, _ in ws.EnumServicesStatus(scm, SERVICE_DRIVER, ws.SERVICE_ACTIVE)] == []
     finally:
         k.stop()
-    k = KernelProcess(tmp_path)
-    monkeypatch.setenv("RINGZERO_SOCKET", k.socket)
-    client.disconnect()
+    k = start_kernel(tmp_path, monkeypatch)
     try:
         scm = ws.OpenSCManager(None, None, SC_MANAGER_CONNECT | ws.SC_MANAGER_ENUMERATE_SERVICE)
         rows = {n: (d, s[1]) for n, d, s in ws.EnumServicesStatus(scm, SERVICE_DRIVER)}

@@ -114,22 +114,20 @@ def load_driver(service: str, image: str, registry_path: str | None = None) -> D
         except ObjectError as e:
             raise DriverLoadError(e.status, str(e)) from None
         ob.reference(driver)
-        before_links = _links()
         try:
             with calling_driver(driver), in_process(sysm.system_process):
                 status = entry(driver, driver.registry_path)
         except Exception as exc:
             dbg.fault("DriverEntry", exc, driver)
-            _take_back(driver, before_links)
+            _take_back(driver)
             raise DriverLoadError(st.STATUS_DRIVER_INTERNAL_ERROR, f"DriverEntry of {service} raised {exc!r}") from exc
         if not isinstance(status, int):
-            _take_back(driver, before_links)
+            _take_back(driver)
             raise DriverLoadError(st.STATUS_DRIVER_INTERNAL_ERROR, f"DriverEntry of {service} returned {status!r}, not an NTSTATUS")
         status &= 0xFFFFFFFF
         if not st.NT_SUCCESS(status):
-            _take_back(driver, before_links)
+            _take_back(driver)
             raise DriverLoadError(status, f"DriverEntry of {service} failed with {st.status_name(status)}")
-        driver.links = [p for p in _links() if p not in before_links]
         for dev in driver.devices():
             dev.Flags &= ~0x80  # DO_DEVICE_INITIALIZING: cleared for devices made in DriverEntry
         sysm.drivers[service] = driver
@@ -137,18 +135,12 @@ def load_driver(service: str, image: str, registry_path: str | None = None) -> D
         return driver
 
 
-def _links() -> set[str]:
-    ns = system.get().namespace
-    return {path for path, obj in ns.walk("\\??") if isinstance(obj, SymbolicLink)} | {
-        path for path, obj in ns.walk("\\") if isinstance(obj, SymbolicLink) and getattr(obj, "creator", None) is not None}
-
-
 def _created_links(driver) -> list[str]:
     ns = system.get().namespace
     return [path for path, obj in ns.walk("\\") if isinstance(obj, SymbolicLink) and getattr(obj, "creator", None) is driver]
 
 
-def _take_back(driver: DRIVER_OBJECT, before_links) -> None:
+def _take_back(driver: DRIVER_OBJECT) -> None:
     """Undo a failed load: nothing half-created may remain."""
     _run_unload_hooks(driver)
     _reclaim(driver)

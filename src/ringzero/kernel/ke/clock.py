@@ -81,7 +81,3 @@ def KeQueryPerformanceCounter(PerformanceFrequency: LARGE_INTEGER | None = None)
 
 def KeQueryInterruptTime() -> int:
     return time.monotonic_ns() // 100
-
-
-def system_time_to_unix(system_time: int) -> float:
-    return (system_time - EPOCH_DIFFERENCE_100NS) / 1e7

@@ -124,37 +124,24 @@ def event_op(process, handle: int, op: int) -> tuple[int, int]:
     return st.STATUS_INVALID_PARAMETER, 0
 
 
-def wait_for_handles(process, handles: list[int], wait_all: bool, timeout_ms: int, on_done=None):
+def wait_for_handles(process, handles: list[int], wait_all: bool, timeout_ms: int, on_done):
     """NtWaitForMultipleObjects for a program: the objects must be waitable and
-    the handles opened with SYNCHRONIZE.
-
-    With `on_done`, no kernel thread waits: on_done(status) runs when the wait
-    ends, and the wait block is returned (None if a check failed at once, after
-    on_done got the error)."""
-    if on_done is not None:
-        status, objs = _waitable(process, handles, wait_all)
-        if objs is None:
-            on_done(status)
-            return None
-        refs = [ob.reference(o) for o in objs]
-
-        def done(status, refs=refs):
-            for o in refs:
-                ob.dereference(o)
-            on_done(status)
-
-        seconds = None if timeout_ms < 0 else timeout_ms / 1000
-        return ke.wait_async(objs, wait_all, seconds, (process.pid, current.program_thread), done)
+    the handles opened with SYNCHRONIZE.  No kernel thread waits: on_done(status)
+    runs when the wait ends, and the wait block is returned (None if a check
+    failed at once, after on_done got the error)."""
     status, objs = _waitable(process, handles, wait_all)
     if objs is None:
-        return status
-    ob_refs = [ob.reference(o) for o in objs]
-    try:
-        seconds = None if timeout_ms < 0 else timeout_ms / 1000
-        return ke.wait(objs, wait_all, seconds, thread=(process.pid, current.program_thread))
-    finally:
-        for o in ob_refs:
+        on_done(status)
+        return None
+    refs = [ob.reference(o) for o in objs]
+
+    def done(status, refs=refs):
+        for o in refs:
             ob.dereference(o)
+        on_done(status)
+
+    seconds = None if timeout_ms < 0 else timeout_ms / 1000
+    return ke.wait_async(objs, wait_all, seconds, (process.pid, current.program_thread), done)
 
 
 def _waitable(process, handles: list[int], wait_all: bool):
