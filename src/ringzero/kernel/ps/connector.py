@@ -103,7 +103,8 @@ class ProcEvent:
     ``pid`` is the thread-group id (the process id) and ``tid`` the thread id
     of the task the event is about; for ``fork`` they describe the child and
     ``parent_pid``/``parent_tid`` the task that forked it.  For ``exit`` the
-    parent fields are filled on kernels that report them (0 on old ones),
+    parent fields are filled on kernels that report them (0 on old ones, and
+    0 when the parent reaped the child before the kernel sent the record),
     ``exit_code`` is the raw wait status (see ``returncode``) and
     ``exit_signal`` the signal the parent is sent (SIGCHLD, or -1 for threads).
     ``uid``/``gid`` events carry ``real_id``/``effective_id``; ``comm`` events
