@@ -13,41 +13,48 @@ from __future__ import annotations
 import threading
 import time
 
+from ringzero.kernel.context import DISPATCH_LEVEL, current
 from ringzero.kernel.ob.object import ObjectHeader
 from ringzero.nt import status as st
 
 class _DispatcherLock:
     """The dispatcher database lock.  Callbacks of asynchronous waits that a
     holder satisfies are queued and run just after the lock is released, in the
-    releasing thread, so they may send, block or take the lock again."""
+    releasing thread, so they may send, block or take the lock again.
+
+    Invariant: `_queued` is touched only by the thread holding `_lock`."""
+
+    __slots__ = ("_lock", "_queued", "acquire", "release")
 
     def __init__(self):
         self._lock = threading.Lock()
-        self._local = threading.local()
+        self._queued = None
+        self.acquire = self._lock.acquire     # for paths that queue no callbacks
+        self.release = self._lock.release
 
     def __enter__(self):
         self._lock.acquire()
         return self
 
     def __exit__(self, *exc) -> bool:
-        queued = getattr(self._local, "queued", None)
-        if queued:
-            self._local.queued = None
+        queued = self._queued
+        if queued is None:
+            self._lock.release()
+            return False
+        self._queued = None
         self._lock.release()
-        if queued:
-            for callback, status in queued:
-                try:
-                    callback(status)
-                except Exception as e:  # the callback's owner is at fault, not the signaller
-                    from ringzero.kernel import dbg
-                    dbg.fault("wait completion", e)
+        for callback, status in queued:
+            try:
+                callback(status)
+            except Exception as e:  # the callback's owner is at fault, not the signaller
+                from ringzero.kernel import dbg
+                dbg.fault("wait completion", e)
         return False
 
     def defer(self, callback, status: int) -> None:
-        q = getattr(self._local, "queued", None)
-        if q is None:
-            q = self._local.queued = []
-        q.append((callback, status))
+        if self._queued is None:
+            self._queued = []
+        self._queued.append((callback, status))
 
     def locked(self) -> bool:
         return self._lock.locked()
@@ -244,6 +251,19 @@ def wait(objects: list[DispatcherObject], wait_all: bool, seconds: float | None,
     """Wait for `objects`; STATUS_WAIT_0 + i, STATUS_TIMEOUT or STATUS_ALERTED."""
     if thread is None:
         thread = threading.get_ident()
+    if len(objects) == 1:
+        # the common case, one object that is signalled: no wait block
+        o = objects[0]
+        _lock.acquire()
+        try:
+            if o._is_signalled_for(thread):
+                abandoned = o._abandoned()
+                o._consume(thread)
+                return st.STATUS_ABANDONED_WAIT_0 if abandoned else st.STATUS_WAIT_0
+        finally:
+            _lock.release()
+        if seconds == 0:
+            return st.STATUS_TIMEOUT
     wb = _WaitBlock(objects, wait_all, thread)
     with _lock:
         result = _try_satisfy(wb)
@@ -422,9 +442,8 @@ def KeReadStateSemaphore(Semaphore: KSEMAPHORE) -> int:
 def _check_irql(seconds: float | None, routine: str) -> None:
     """NT bug-checks a wait that could block at DISPATCH_LEVEL (in a DPC, a
     timer routine, under a spin lock): only a zero timeout may be used there."""
-    from ringzero.kernel import verifier
-    from ringzero.kernel.context import DISPATCH_LEVEL, current
     if seconds != 0 and current.irql >= DISPATCH_LEVEL:
+        from ringzero.kernel import verifier
         verifier.violation(verifier.IRQL_NOT_LESS_OR_EQUAL,
                            f"{routine} with a {'infinite' if seconds is None else 'non-zero'} timeout at IRQL {current.irql}")
 
