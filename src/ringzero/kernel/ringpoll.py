@@ -25,6 +25,7 @@ from ringzero.protocol import ring as rings
 from ringzero.protocol import wire
 
 SPIN_SECONDS = 200e-6
+SCAN_SECONDS = 100e-6     # while busy, how often to look for other programs' doorbells
 MAX_BATCH = 64
 SWITCH_INTERVAL = 50e-6   # let a spinning thread hand over the interpreter quickly
 MAX_SPARE = 16            # parked threads kept for the next handoff
@@ -156,9 +157,14 @@ class Poller:
 
     def _loop(self, token) -> None:
         hot = self.hot
-        last_work = time.perf_counter()
+        last_work = last_scan = time.perf_counter()
         while self.token is token:
             did = False
+            if last_work - last_scan > SCAN_SECONDS:
+                # busy with the hot rings: look for programs that rang since, so
+                # a stream of requests from one never starves the others
+                last_scan = last_work
+                self._scan(hot)
             for ch in list(hot):
                 if ch.closed:
                     hot.remove(ch)
@@ -182,22 +188,30 @@ class Poller:
             if did:
                 continue
             hot.clear()
-            try:
-                events = self.ep.poll()
-            except InterruptedError:
-                continue
-            if self.token is not token:
+            if not self._scan(hot, None):
                 return
-            for fd, _ in events:
-                if fd == self.wake_fd:
-                    _drain(fd)
-                    continue
-                ch = self.channels.get(fd)
-                if ch is not None and not ch.closed:
-                    _drain(fd)
-                    if ch not in hot:
-                        hot.append(ch)
-            last_work = time.perf_counter()
+            last_work = last_scan = time.perf_counter()
+
+    def _scan(self, hot: list, timeout: float | None = 0) -> bool:
+        """Add the channels whose doorbell rang to `hot`, waiting up to
+        `timeout` for one; False if the poller role moved on meanwhile."""
+        token = self.token
+        try:
+            events = self.ep.poll(timeout)
+        except InterruptedError:
+            return True
+        if self.token is not token:
+            return False
+        for fd, _ in events:
+            if fd == self.wake_fd:
+                _drain(fd)
+                continue
+            ch = self.channels.get(fd)
+            if ch is not None and not ch.closed:
+                _drain(fd)
+                if ch not in hot:
+                    hot.append(ch)
+        return True
 
     def _service(self, ch: Channel) -> None:
         conn = ch.conn

@@ -1,0 +1,70 @@
+"""The ring poller, driven in-process with rings of our own and stand-in
+connections: one thread serves every program's ring, fairly."""
+
+import mmap
+import os
+import struct
+import threading
+from types import SimpleNamespace
+
+from conftest import wait_until
+from ringzero.kernel import ringpoll
+from ringzero.protocol import ring as rings
+from ringzero.protocol import wire
+
+SIZE = rings.MIN_SIZE
+FRAME = wire.HEADER.pack(8, wire.Kind.CLOSE_HANDLE, 0, 0, 0, 1) + struct.pack("<Q", 4)
+
+
+class StandIn:
+    """What the poller needs of a program connection; records each request."""
+
+    def __init__(self):
+        self.process = None
+        self.dispatching = set()
+        self.host = SimpleNamespace(max_payload=wire.DEFAULT_MAX_PAYLOAD)
+        self.served = 0
+        self.first = threading.Event()
+        self.after_each = None
+
+    def _dispatch(self, frame):
+        self.served += 1
+        self.first.set()
+        if self.after_each is not None:
+            self.after_each()
+
+    def abort(self):
+        pass
+
+
+def channel(conn):
+    region = mmap.mmap(-1, rings.region_size(SIZE))
+    rings.init_region(memoryview(region), SIZE)
+    producer, _ = rings.program_side(memoryview(region), SIZE)
+    ch = ringpoll.Channel(conn, region, SIZE, os.eventfd(0, os.EFD_NONBLOCK), os.eventfd(0, os.EFD_NONBLOCK))
+    return ch, producer
+
+
+def test_a_ring_that_is_never_empty_does_not_starve_one_that_rings_later():
+    poller = ringpoll.Poller()
+    busy, busy_ring = StandIn(), None
+    try:
+        busy_ch, busy_ring = channel(busy)
+        busy.after_each = lambda: busy_ring.put(FRAME)     # every request served brings another
+        assert busy_ring.put(FRAME)
+        poller.register(busy_ch)
+        assert busy.first.wait(10)
+        # the poller now spins on the busy ring and never finds it empty
+        late = StandIn()
+        late_ch, late_ring = channel(late)
+        assert late_ring.put(FRAME)
+        poller.register(late_ch)          # rings its doorbell
+        assert late.first.wait(10), "the late ring was never served"
+        assert late.served == 1
+        served = busy.served
+        assert wait_until(lambda: busy.served > served)     # and the flood goes on
+    finally:
+        busy.after_each = None
+        poller.stop()
+        for ch in poller.channels.values():
+            ch.close()
