@@ -42,6 +42,11 @@ STATUS_NO_MEMORY = 0xC0000017
 STATUS_INVALID_PARAMETER = 0xC000000D
 SPIN_SECONDS = 60e-6   # covers a request the kernel answers at once; longer ones sleep
 ENV_RING = "RINGZERO_RING"   # "0" keeps a program on the socket path
+# Read and write data larger than a ring frame takes (or, with no ring, than
+# this) stays in the program's buffer for the kernel to copy, when it can.
+SOCKET_INLINE_LIMIT = 64 * 1024
+RING_FIXED_PART = 64        # room for any request's or reply's fixed fields
+ENV_USER_BUFFERS = "RINGZERO_USER_BUFFERS"   # "0": read and write data always travel in the frames
 
 
 class KernelNotRunning(ConnectionError):
@@ -103,8 +108,22 @@ class Connection:
         self.req_ring = self.resp_ring = None
         self._poll = select.poll()
         self._poll.register(self.sock, select.POLLIN)
+        self.user_buffers = False
+        self.max_ring_body = SOCKET_INLINE_LIMIT
+        if os.environ.get(ENV_USER_BUFFERS, "1") != "0":
+            self._offer_memory()
         if rings.supported() and os.environ.get(ENV_RING, "1") != "0":
             self._attach_ring()
+
+    def _offer_memory(self) -> None:
+        """Show the kernel 8 bytes of ours; if it can read them, large reads and
+        writes leave their data in our buffers for it to copy (FLAG_USER_BUFFER)."""
+        probe = bytearray(os.urandom(8))
+        owner = ctypes.c_char.from_buffer(probe)
+        payload = wire.OFFER_MEMORY.pack(ctypes.addressof(owner), int.from_bytes(probe, "little"))
+        status, _, _ = self.request(Kind.OFFER_MEMORY, payload)
+        del owner
+        self.user_buffers = status == STATUS_SUCCESS
 
     def _attach_ring(self, size: int = rings.DEFAULT_SIZE) -> None:
         """Offer the kernel a shared-memory region of two rings and two doorbells."""
@@ -128,6 +147,8 @@ class Connection:
         if slot.status != STATUS_SUCCESS:
             return
         self.req_ring, self.resp_ring = rings.program_side(mv, size)
+        # the largest read or write data that still fits a frame in either ring
+        self.max_ring_body = self.req_ring.max_frame - wire.HEADER_SIZE - RING_FIXED_PART
         self._poll.register(self._resp_efd, select.POLLIN)
         self._socket_frames = self._hints = 0   # from here on the kernel hints each socket frame
 
@@ -144,7 +165,12 @@ class Connection:
             self._broken()
             raise KernelGone(f"the ringzero kernel connection is broken: {e}") from None
 
-    def start(self, kind: int, payload: bytes, flags: int = 0, sink=None, push=None) -> tuple[int, _Slot]:
+    def start(self, kind: int, payload: bytes, flags: int = 0, sink=None, push=None,
+              body=b"") -> tuple[int, _Slot]:
+        """Send one request, `payload` followed by `body` (a large body is copied
+        once, into the ring or the socket); its slot fills when the reply comes.
+        With `sink`, a writable buffer, the reply's data is copied into it (and
+        not kept in the slot)."""
         if self.closed:
             raise KernelGone("the ringzero kernel connection is closed")
         rid = next(self._rid)
@@ -153,19 +179,19 @@ class Connection:
         slot.push = push
         self._slots[rid] = slot
         self.requests_sent += 1
-        data = wire.HEADER.pack(len(payload), kind, flags, 0, threading.get_native_id(), rid) + payload
+        data = wire.HEADER.pack(len(payload) + len(body), kind, flags, 0, threading.get_native_id(), rid) + payload
         ring = self.req_ring
         if ring is not None:
             with self._send_lock:
-                if ring.put(data):
+                if ring.put(data, body):
                     os.eventfd_write(self._req_efd, 1)
                     return rid, slot
-        self._send(data)
+        self._send(data + body if body else data)
         return rid, slot
 
-    def request(self, kind: int, payload: bytes, flags: int = 0) -> tuple[int, int, bytes]:
+    def request(self, kind: int, payload: bytes, flags: int = 0, sink=None, body=b"") -> tuple[int, int, bytes]:
         """Send one request and wait for its final reply: (status, information, data)."""
-        rid, slot = self.start(kind, payload, flags)
+        rid, slot = self.start(kind, payload, flags, sink=sink, body=body)
         self.wait(slot)
         return slot.status, slot.info, slot.data
 
@@ -230,21 +256,26 @@ class Connection:
         got = False
         while True:
             try:
-                data = ring.get()
+                view = ring.peek()
+                if view is None:
+                    return got
+                # delivered where it lies: _deliver copies what it keeps
+                f = wire.decode_ring_frame(view, wire.Role.PROGRAM)
             except wire.ProtocolError as e:
                 self._broken()
                 raise KernelGone(f"the response ring is corrupt: {e}") from None
-            if data is None:
-                return got
             got = True
-            f = wire.decode_ring_frame(data, wire.Role.PROGRAM)
-            if f.kind == Kind.SOCKET_HINT:
-                # a frame the kernel sent by the socket; it may have been read already
-                self._hints += 1
-                while self._socket_frames < self._hints:
-                    self._read_socket()
-            else:
-                self._deliver(f)
+            try:
+                if f.kind == Kind.SOCKET_HINT:
+                    # a frame the kernel sent by the socket; it may have been read already
+                    self._hints += 1
+                    while self._socket_frames < self._hints:
+                        self._read_socket()
+                else:
+                    self._deliver(f)
+            finally:
+                f.payload = b""
+                ring.advance()
 
     def _pump_socket(self) -> None:
         self._read_socket()
@@ -283,10 +314,12 @@ class Connection:
             if slot is None:
                 return
             slot.status, slot.info = wire.REPLY.unpack_from(f.payload)
-            data = bytes(f.payload[wire.REPLY.size:])
-            if slot.sink is not None and data:
-                memoryview(slot.sink).cast("B")[:len(data)] = data
-            slot.data = data
+            n = len(f.payload) - wire.REPLY.size
+            if slot.sink is not None:
+                if n:
+                    memoryview(slot.sink).cast("B")[:n] = f.payload[wire.REPLY.size:]
+            elif n:
+                slot.data = bytes(f.payload[wire.REPLY.size:])
             with self._cv:
                 slot.done = True
                 self._cv.notify_all()

@@ -381,6 +381,45 @@ def test_a_writer_killed_mid_stream_does_not_disturb_the_others(ex):
     no_faults(ex)
 
 
+@pytest.mark.parametrize("user_buffers", ["1", "0"])
+def test_writes_and_reads_of_every_size_arrive_whole_by_every_path(ex, user_buffers):
+    """Small data travels in the ring's frames; data larger than a ring frame is
+    copied by the kernel from and into the program's own buffers (or, when the
+    program keeps it off with RINGZERO_USER_BUFFERS=0, goes by the socket)."""
+    r = ex.run(program(f'''
+        os.environ["RINGZERO_USER_BUFFERS"] = {user_buffers!r}
+        from ringzero import client
+        from ringzero.win32 import win32event
+        h = pipe("BIG")
+        win32file.DeviceIoControl(h, IOCTL_EXAMPLE_SET_SIZE, struct.pack("<I", 8 << 20), 0)
+        conn = client.connection()
+        rng = random.Random(5)
+        for n in (1, 4096, conn.max_ring_body, conn.max_ring_body + 1, 1 << 20, 5 << 20):
+            data = rng.randbytes(n)
+            assert win32file.WriteFile(h, data) == (0, n)
+            tail = data[:7]
+            assert win32file.WriteFile(h, bytearray(tail)) == (0, len(tail))
+            buf = win32file.AllocateReadBuffer(n + 7)
+            hr, got = win32file.ReadFile(h, buf)
+            assert bytes(got) == data + tail, n
+            assert win32file.ReadFile(h, n)[1] == b""
+        # an overlapped read too large for the ring, pending until another handle writes
+        o = pipe("BIG", win32file.FILE_FLAG_OVERLAPPED)
+        set_blocking(o)
+        ov = pywintypes.OVERLAPPED()
+        ov.hEvent = win32event.CreateEvent(None, True, False, None)
+        assert win32file.ReadFile(o, 1 << 20, ov)[0] == winerror.ERROR_IO_PENDING
+        data = rng.randbytes(1 << 20)
+        assert win32file.WriteFile(h, data) == (0, 1 << 20)
+        assert win32event.WaitForSingleObject(ov.hEvent, 20000) == win32event.WAIT_OBJECT_0
+        n = win32file.GetOverlappedResult(o, ov, True)
+        assert bytes(ov._buffer[:n]) == data
+        print(conn.user_buffers)
+    '''))
+    assert r.stdout.split() == (["True"] if user_buffers == "1" else ["False"])
+    no_faults(ex)
+
+
 # -- blocking reads --------------------------------------------------------------------
 
 def test_a_pending_read_is_completed_by_a_write_from_another_program(ex):

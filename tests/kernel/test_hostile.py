@@ -2,6 +2,7 @@
 each is disconnected or gets a clear error, the kernel's memory for it stays
 bounded, and another program (this test process) carries on after each."""
 
+import ctypes
 import os
 import socket
 import struct
@@ -167,6 +168,47 @@ def test_bogus_closed_and_foreign_handles_are_invalid_handle(hk):
     assert len(win32file.DeviceIoControl(mine, R.IOCTL_WHOAMI, None, 16)) == 16
     r.close()
     mine.Close()
+    others_carry_on(hk)
+
+
+def test_user_buffers_need_proof_first_and_a_bad_address_is_an_access_violation(hk):
+    hk.load("ringzero.drivers.example", "Example")
+    r = Raw(hk.socket)
+    name = rb"\\.\Example\RAW"
+    _, _, p = r.request(Kind.CREATE_FILE, wire.CREATE_FILE.pack(win32con.GENERIC_READ | win32con.GENERIC_WRITE, 0,
+                                                                3, 0, len(name)) + name)
+    status, h = wire.REPLY.unpack_from(p)
+    assert status == 0
+    # the raw program is this process: the kernel reads its memory to check the proof
+    probe = ctypes.create_string_buffer(b"8 bytes!", 8)
+    value = struct.unpack("<Q", probe.raw)[0]
+    offer = lambda v: r.status(Kind.OFFER_MEMORY, wire.OFFER_MEMORY.pack(ctypes.addressof(probe), v))  # noqa: E731
+    assert offer(value + 1) == st.STATUS_INVALID_PARAMETER
+    assert offer(value) == st.STATUS_SUCCESS
+
+    def write(address, length):
+        payload = wire.WRITE.pack(h, -1, address, 0) + wire.WRITE_LENGTH.pack(length)
+        _, _, p = r.request(Kind.WRITE_FILE, payload, flags=wire.FLAG_USER_BUFFER)
+        return wire.REPLY.unpack_from(p)
+
+    assert write(0x10, 100) == (st.STATUS_ACCESS_VIOLATION, 0)        # nothing mapped there
+    assert write(1 << 62, 100) == (st.STATUS_ACCESS_VIOLATION, 0)     # not a user address at all
+    data = ctypes.create_string_buffer(b"from my own buffer", 18)
+    assert write(ctypes.addressof(data), 18) == (0, 18)
+    # the copy-back of a read goes straight into the buffer the request names
+    into = ctypes.create_string_buffer(18)
+    _, _, p = r.request(Kind.READ_FILE, wire.READ.pack(h, 18, -1, ctypes.addressof(into), 0),
+                        flags=wire.FLAG_USER_BUFFER)
+    assert wire.REPLY.unpack_from(p) == (0, 18) and len(p) == wire.REPLY.size
+    assert into.raw == b"from my own buffer"
+    r.close()
+    # without the proof the flag is a protocol error
+    r2 = Raw(hk.socket)
+    r2.send(wire.HEADER.pack(wire.WRITE.size + 8, Kind.WRITE_FILE, wire.FLAG_USER_BUFFER, 0, 0, 1)
+            + wire.WRITE.pack(1, -1, ctypes.addressof(data), 0) + wire.WRITE_LENGTH.pack(18))
+    assert r2.disconnected()
+    assert wait_until(lambda: any("FLAG_USER_BUFFER" in t for t in protocol_errors()))
+    r2.close()
     others_carry_on(hk)
 
 

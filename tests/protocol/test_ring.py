@@ -47,6 +47,34 @@ def test_ring_is_a_fifo_of_whole_frames(ops):
     assert cons.get() is None
 
 
+@settings(max_examples=100, deadline=None)
+@given(hs.lists(hs.tuples(hs.booleans(), hs.integers(0, 1100), hs.integers(0, 1200)), max_size=300))
+def test_frames_put_in_two_parts_and_read_in_place_are_the_same_fifo(ops):
+    """put(head, body) stores head + body as one frame; peek() shows the next
+    frame where it lies and advance() gives its room back, like get()."""
+    m, mv = region()
+    prod, _ = rings.program_side(mv, 4096)
+    cons, _ = rings.kernel_side(mv, 4096)
+    model, i = [], 0
+    for put, n, cut in ops:
+        if put:
+            f = frame(i, n)
+            i += 1
+            cut = min(cut, len(f))
+            if prod.put(f[:cut], memoryview(f)[cut:]):
+                model.append(f)
+        elif i % 2:
+            view = cons.peek()
+            assert (bytes(view) if view is not None else None) == (model.pop(0) if model else None)
+            if view is not None:
+                cons.advance()
+        else:
+            assert cons.get() == (model.pop(0) if model else None)
+    while model:
+        assert cons.get() == model.pop(0)
+    assert cons.peek() is None
+
+
 def test_counters_out_of_range_are_protocol_errors():
     m, mv = region()
     prod, _ = rings.program_side(mv, 4096)

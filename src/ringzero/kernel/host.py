@@ -31,7 +31,7 @@ from ringzero.kernel.context import current
 from ringzero.kernel.io import file as iofile
 from ringzero.kernel.ke import dispatcher as ke
 from ringzero.kernel.mm import mdl as mm_mdl
-from ringzero.kernel.mm.user import NtException
+from ringzero.kernel.mm.user import NtException, read_process
 from ringzero.kernel.ob import events as obev
 from ringzero.kernel.ob import object as ob
 from ringzero.kernel.ob.handles import release_entry
@@ -80,11 +80,11 @@ class _Req(iofile.Reply):
 
     def complete(self, irp, status, information, data):
         conn = self.conn
-        frame = wire.reply(self.rid, status, information, data)
+        head = wire.reply_head(self.rid, status, information, len(data))
         with conn.send_lock:
             if irp is not None:
                 irp.reply_sent = True
-            conn._send_locked(frame)
+            conn._send_locked(head, body=data)
 
     def pending(self, irp):
         conn = self.conn
@@ -155,6 +155,7 @@ class ProgramConnection:
         self.subscriptions: list = []
         self.closed = False
         self.channel: ringpoll.Channel | None = None   # shared-memory rings, once attached
+        self.user_memory = False     # OFFER_MEMORY succeeded: FLAG_USER_BUFFER requests are allowed
         self.waits: dict = {}        # request id -> the program's wait in progress (an asynchronous wait block)
         self.rundown_done = threading.Event()
         self._rundown_lock = threading.Lock()
@@ -163,13 +164,14 @@ class ProgramConnection:
 
     # -- sending ---------------------------------------------------------------
 
-    def _send_locked(self, data: bytes, fds=()) -> None:
+    def _send_locked(self, data: bytes, fds=(), body=b"") -> None:
+        """Send the frame `data` + `body` (a reply's data, copied once)."""
         if self.closed:
             return
         ch = self.channel
         if ch is not None:
             try:
-                if not fds and ch.resp.put(data):
+                if not fds and ch.resp.put(data, body):
                     os.eventfd_write(ch.resp_efd, 1)
                     return
             except (wire.ProtocolError, OSError, ValueError) as e:
@@ -177,6 +179,8 @@ class ProgramConnection:
                          source="kernel")
                 self.abort()
                 return
+        if body:
+            data = data + bytes(body)
         try:
             if fds:
                 self.sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
@@ -340,11 +344,17 @@ class ProgramConnection:
         elif kind == Kind.READ_FILE:
             h, length, offset, addr, event = wire.READ.unpack_from(p)
             iofile.read_file(proc, h, length, offset, addr, event, _Req(self, rid), rid, f.tid,
-                             bool(f.flags & wire.FLAG_OVERLAPPED))
+                             bool(f.flags & wire.FLAG_OVERLAPPED), self._user_buffer(f.flags))
         elif kind == Kind.WRITE_FILE:
             h, offset, addr, event = wire.WRITE.unpack_from(p)
-            iofile.write_file(proc, h, p[wire.WRITE.size:], offset, addr, event, _Req(self, rid), rid, f.tid,
-                              bool(f.flags & wire.FLAG_OVERLAPPED))
+            if self._user_buffer(f.flags):
+                (length,) = wire.WRITE_LENGTH.unpack_from(p, wire.WRITE.size)
+                data = None
+            else:
+                data = p[wire.WRITE.size:]
+                length = len(data)
+            iofile.write_file(proc, h, data, offset, addr, event, _Req(self, rid), rid, f.tid,
+                              bool(f.flags & wire.FLAG_OVERLAPPED), length)
         elif kind == Kind.CREATE_FILE:
             access, share, disp, flags, nlen = wire.CREATE_FILE.unpack_from(p)
             name = bytes(p[wire.CREATE_FILE.size:wire.CREATE_FILE.size + nlen]).decode("utf-8", "replace")
@@ -386,6 +396,8 @@ class ProgramConnection:
             self._call(rid, p)
         elif kind == Kind.ATTACH_RING:
             self._attach_ring(rid, f.fds)
+        elif kind == Kind.OFFER_MEMORY:
+            self._reply(rid, self._offer_memory(p))
         else:
             raise wire.RemoteProtocolError(f"{Kind(kind).name} is not a request")
 
@@ -400,6 +412,28 @@ class ProgramConnection:
             self._send_locked(wire.reply(rid, st.STATUS_SUCCESS, ch.req.size))
             self.channel = ch
         ringpoll.get_poller().register(ch)
+
+    def _user_buffer(self, flags: int) -> bool:
+        if not flags & wire.FLAG_USER_BUFFER:
+            return False
+        if not self.user_memory:
+            raise wire.RemoteProtocolError("FLAG_USER_BUFFER before the kernel could reach the program's memory")
+        return True
+
+    def _offer_memory(self, payload) -> int:
+        """The program says where 8 bytes of its memory are and what they hold;
+        if we read the same, its reads and writes may leave their data in its
+        own buffers (FLAG_USER_BUFFER), as NT's I/O manager copies to and from
+        a program's buffers in its address space."""
+        address, value = wire.OFFER_MEMORY.unpack_from(payload)
+        try:
+            seen = read_process(self.process.pid, address, 8)
+        except NtException:
+            return st.STATUS_ACCESS_DENIED      # not root, and not the program's user
+        if seen != struct.pack("<Q", value):
+            return st.STATUS_INVALID_PARAMETER
+        self.user_memory = True
+        return st.STATUS_SUCCESS
 
     def _wait(self, rid: int, handles: list[int], wait_all: bool, timeout_ms: int) -> None:
         """A program's WaitFor*Object(s): no kernel thread waits for it; the

@@ -40,7 +40,7 @@ from ringzero.protocol.wire import HEADER, HEADER_SIZE, RemoteProtocolError
 
 RING_MAGIC = 0x474E495230525A52  # "RZ0RING"
 HEADER_BYTES = 4096
-DEFAULT_SIZE = 32 * 1024
+DEFAULT_SIZE = 256 * 1024
 MIN_SIZE = 4096
 MAX_SIZE = 1 << 20
 OFF_MAGIC, OFF_SIZE = 0, 8
@@ -88,7 +88,7 @@ class Ring:
     """One direction.  The producer side uses `put`, the consumer side `get`;
     each side keeps its own position locally and trusts only that."""
 
-    __slots__ = ("ctl", "size", "mask", "data", "head_i", "tail_i", "pos", "max_frame")
+    __slots__ = ("ctl", "size", "mask", "data", "head_i", "tail_i", "pos", "max_frame", "_next")
 
     def __init__(self, mv: memoryview, ring_size: int, data_off: int, head_off: int, tail_off: int, producer: bool):
         self.ctl = _counters(mv)
@@ -98,7 +98,8 @@ class Ring:
         self.head_i = head_off // 8
         self.tail_i = tail_off // 8
         self.pos = self.ctl[self.head_i if producer else self.tail_i]
-        self.max_frame = ring_size // 4
+        self.max_frame = ring_size // 2
+        self._next = self.pos
 
     def release(self) -> None:
         self.data.release()
@@ -106,9 +107,11 @@ class Ring:
 
     # -- producer ---------------------------------------------------------------
 
-    def put(self, frame: bytes) -> bool:
-        """Append one whole frame; False if it is too large or does not fit now."""
-        n = len(frame)
+    def put(self, frame, body=b"") -> bool:
+        """Append one whole frame, `frame` followed by `body` (so a large payload
+        is copied once, straight into the ring); False if it is too large or
+        does not fit now."""
+        n = len(frame) + len(body)
         total = (n + 7) & ~7
         if total > self.max_frame:
             return False
@@ -128,7 +131,10 @@ class Ring:
             off = 0
         elif self.size - used < total:
             return False
-        self.data[off:off + n] = frame
+        k = len(frame)
+        self.data[off:off + k] = frame
+        if body:
+            self.data[off + k:off + n] = body
         head += total
         self.pos = head
         self.ctl[self.head_i] = head
@@ -139,8 +145,10 @@ class Ring:
     def pending(self) -> bool:
         return self.ctl[self.head_i] != self.pos
 
-    def get(self) -> bytes | None:
-        """The next frame's bytes (a private copy), or None when the ring is empty."""
+    def peek(self) -> memoryview | None:
+        """The next frame where it lies in the ring, or None when the ring is
+        empty.  The producer may not reuse its bytes until `advance()`; the
+        view is only as trustworthy as the producer (check before use)."""
         while True:
             tail = self.pos
             head = self.ctl[self.head_i]
@@ -164,11 +172,23 @@ class Ring:
             total = (n + 7) & ~7
             if n > room or total > avail:
                 raise RemoteProtocolError(f"ring frame of {length} bytes overruns the ring")
-            frame = bytes(self.data[off:off + n])
-            if struct.unpack_from("<I", frame)[0] != length:
-                raise RemoteProtocolError("ring frame changed while it was read")
-            self._advance(tail + total)
-            return frame
+            self._next = tail + total
+            return self.data[off:off + n]
+
+    def advance(self) -> None:
+        """Done with the frame `peek` returned: its room goes back to the producer."""
+        self._advance(self._next)
+
+    def get(self) -> bytes | None:
+        """The next frame's bytes (a private copy), or None when the ring is empty."""
+        view = self.peek()
+        if view is None:
+            return None
+        frame = bytes(view)
+        if struct.unpack_from("<I", frame)[0] != len(frame) - HEADER_SIZE:
+            raise RemoteProtocolError("ring frame changed while it was read")
+        self.advance()
+        return frame
 
     def _advance(self, pos: int) -> None:
         self.pos = pos

@@ -35,6 +35,9 @@ DEFAULT_MAX_PAYLOAD = 16 * 1024 * 1024
 MAX_FDS = 8
 
 FLAG_OVERLAPPED = 0x01  # request: the program issued it with an OVERLAPPED
+FLAG_USER_BUFFER = 0x02  # READ_FILE / WRITE_FILE: the data stays in the program's buffer at the
+                         # frame's address; the I/O manager copies it from (write) or back into
+                         # (read) the program's memory itself.  Only after OFFER_MEMORY succeeded.
 
 
 class Kind(enum.IntEnum):
@@ -54,6 +57,7 @@ class Kind(enum.IntEnum):
     DUPLICATE_HANDLE = 24
     CALL = 30            # slow path: named admin/service calls with JSON arguments
     ATTACH_RING = 31     # the program offers shared-memory rings (region + two eventfds)
+    OFFER_MEMORY = 32    # the program proves the kernel can reach its memory (FLAG_USER_BUFFER)
     # kernel -> program
     REPLY = 50           # final answer to a request
     PENDING = 51         # an overlapped request went pending; a REPLY follows
@@ -98,6 +102,8 @@ HANDLE = struct.Struct("<Q")                  # CLOSE_HANDLE, EVENT_OP(handle + 
 IOCTL = struct.Struct("<QIIIQQQ")             # handle, code, in length, out length, in address, out address, event
 READ = struct.Struct("<QIqQQ")                # handle, length, offset (-1: current), buffer address, event
 WRITE = struct.Struct("<QqQQ")                # handle, offset, data address, event; data follows
+WRITE_LENGTH = struct.Struct("<Q")            # with FLAG_USER_BUFFER, after WRITE instead of the data
+OFFER_MEMORY = struct.Struct("<QQ")           # address of 8 bytes in the program, the value they hold
 CANCEL = struct.Struct("<QQ")                 # handle, rid of one request (0: all of this thread's)
 CREATE_EVENT = struct.Struct("<BBHI")         # manual reset, initial state, reserved, desired access; name follows
 OPEN_EVENT = struct.Struct("<II")             # desired access, inherit; name follows
@@ -273,7 +279,15 @@ def welcome(kernel_pid: int, program_pid: int, max_payload: int) -> Frame:
     return Frame(Kind.WELCOME, payload=WELCOME.pack(MAGIC, VERSION, 0, kernel_pid, program_pid, max_payload))
 
 
+_REPLY_HEAD = struct.Struct("<IHBBIQIQ")      # HEADER then REPLY, packed at once
+
+
+def reply_head(rid: int, status: int, information: int, data_length: int) -> bytes:
+    """The bytes of a REPLY frame up to its data (`data_length` bytes follow)."""
+    return _REPLY_HEAD.pack(REPLY.size + data_length, Kind.REPLY, 0, 0, 0, rid, status & 0xFFFFFFFF, information)
+
+
 def reply(rid: int, status: int, information: int = 0, data: bytes | bytearray | memoryview = b"") -> bytes:
     """A REPLY frame's bytes, built in one step for the hot path."""
-    body = REPLY.pack(status & 0xFFFFFFFF, information)
-    return HEADER.pack(REPLY.size + len(data), Kind.REPLY, 0, 0, 0, rid) + body + bytes(data)
+    head = reply_head(rid, status, information, len(data))
+    return head + bytes(data) if data else head

@@ -69,9 +69,23 @@ def _writable(buf) -> bool:
         return False
 
 
-def _start(conn, kind: int, payload: bytes, overlapped, funcname: str, sink=None, keep=None):
+def _data_address(data) -> tuple[int, object]:
+    """(address, owner) of the bytes of `data` in this process, copying them
+    only if they are in no buffer ctypes can point at."""
+    if isinstance(data, bytes):
+        owner = ctypes.c_char_p(data)          # points into the bytes object itself
+        return ctypes.cast(owner, ctypes.c_void_p).value, (owner, data)
+    mv = memoryview(data).cast("B")
+    if mv.readonly:
+        return _data_address(bytes(mv))
+    owner = ctypes.c_char.from_buffer(mv)
+    return ctypes.addressof(owner), owner
+
+
+def _start(conn, kind: int, payload: bytes, overlapped, funcname: str, sink=None, keep=None, flags: int = 0,
+           body=b""):
     """Send an overlapped request; returns once it completed or went pending."""
-    rid, slot = conn.start(kind, payload, wire.FLAG_OVERLAPPED, sink=sink)
+    rid, slot = conn.start(kind, payload, wire.FLAG_OVERLAPPED | flags, sink=sink, body=body)
     overlapped._slot = slot
     overlapped._conn = conn
     overlapped._rid = rid
@@ -154,20 +168,20 @@ def ReadFile(hFile, buffer, overlapped=None):
         offset = overlapped.offset
         event = _h(overlapped.hEvent)
     payload = wire.READ.pack(_h(hFile), size, offset, _address_of(target), event)
+    # a read too large for the ring: the kernel copies the data straight into `target`
+    flags = wire.FLAG_USER_BUFFER if conn.user_buffers and size > conn.max_ring_body else 0
     if overlapped is not None:
         overlapped._buffer = target
-        if _start(conn, Kind.READ_FILE, payload, overlapped, "ReadFile", sink=target, keep=target):
+        if _start(conn, Kind.READ_FILE, payload, overlapped, "ReadFile", sink=target, keep=target, flags=flags):
             return ERROR_IO_PENDING, target
         n = overlapped.InternalHigh
-        return 0, (bytes(target[:n]) if as_bytes else memoryview(target)[:n])
-    status, info, data = conn.request(Kind.READ_FILE, payload)
+        return 0, (bytes(memoryview(target)[:n]) if as_bytes else memoryview(target)[:n])
+    status, info, _ = conn.request(Kind.READ_FILE, payload, flags, sink=target)
     if st.NT_ERROR(status):
         _fail(status, "ReadFile")
-    if data:
-        memoryview(target).cast("B")[:len(data)] = data
     n = min(info, size)
     hr = ERROR_MORE_DATA if status == st.STATUS_BUFFER_OVERFLOW else 0
-    return hr, (bytes(target[:n]) if as_bytes else memoryview(target)[:n])
+    return hr, (bytes(memoryview(target)[:n]) if as_bytes else memoryview(target)[:n])
 
 
 def WriteFile(hFile, data, overlapped=None):
@@ -175,20 +189,27 @@ def WriteFile(hFile, data, overlapped=None):
     conn = client.connection()
     if isinstance(data, str):
         data = data.encode()
-    body = bytes(data)
-    keep = ctypes.create_string_buffer(body, len(body)) if body else None
-    addr = ctypes.addressof(keep) if keep is not None else 0
     offset = -1
     event = 0
     if overlapped is not None:
         offset = overlapped.offset
         event = _h(overlapped.hEvent)
-    payload = wire.WRITE.pack(_h(hFile), offset, addr, event) + body
+    body = data if isinstance(data, bytes) else bytes(memoryview(data).cast("B"))
+    n = len(body)
+    addr, keep = _data_address(body) if n else (0, None)   # the user buffer's address (METHOD_NEITHER devices)
+    if conn.user_buffers and n > conn.max_ring_body:
+        # too large for the ring: the kernel copies the data from our buffer itself
+        payload = wire.WRITE.pack(_h(hFile), offset, addr, event) + wire.WRITE_LENGTH.pack(n)
+        flags, body = wire.FLAG_USER_BUFFER, b""
+    else:
+        payload = wire.WRITE.pack(_h(hFile), offset, addr, event)
+        flags = 0
     if overlapped is not None:
-        if _start(conn, Kind.WRITE_FILE, payload, overlapped, "WriteFile", keep=keep):
+        if _start(conn, Kind.WRITE_FILE, payload, overlapped, "WriteFile", keep=keep, flags=flags, body=body):
             return ERROR_IO_PENDING, 0
         return 0, overlapped.InternalHigh
-    status, info, _ = conn.request(Kind.WRITE_FILE, payload)
+    status, info, _ = conn.request(Kind.WRITE_FILE, payload, flags, body=body)
+    del keep
     if st.NT_ERROR(status):
         _fail(status, "WriteFile")
     return 0, info

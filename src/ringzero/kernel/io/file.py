@@ -15,7 +15,7 @@ from ringzero.kernel.io.irp import IoCallDriver, IoCancelIrp, IoCompleteRequest
 from ringzero.kernel.io.objects import DEVICE_OBJECT, FILE_OBJECT, IO_SECURITY_CONTEXT, IRP
 from ringzero.kernel.ke import dispatcher as ke
 from ringzero.kernel.mm.mdl import mdl_for_buffer
-from ringzero.kernel.mm.user import NtException, UserAddress
+from ringzero.kernel.mm.user import AccessViolation, NtException, UserAddress, read_into, write_from
 from ringzero.kernel.ob import object as ob
 from ringzero.kernel.ob.handles import HandleError, release_entry
 from ringzero.kernel.ob.namespace import ObjectError, dos_to_nt
@@ -159,7 +159,16 @@ def _complete(irp: IRP) -> None:
         if not st.NT_ERROR(status) and n:
             info = min(info, n)
             src = irp.AssociatedIrp.SystemBuffer if kind == _KIND_BUFFERED else irp.MdlAddress.MappedSystemVa
-            data = bytes(memoryview(src)[:info]) if src is not None else b""
+            target = irp.copy_back
+            if src is None:
+                pass
+            elif target is None:
+                data = memoryview(src)[:info]      # copied once, into the reply
+            elif info and not irp.process.exiting:
+                try:
+                    write_from(target.pid, int(target), memoryview(src)[:info])
+                except AccessViolation:
+                    status, info = st.STATUS_ACCESS_VIOLATION, 0
         elif not st.NT_ERROR(status):
             info = 0 if irp.major in (IRP_MJ_READ, IRP_MJ_DEVICE_CONTROL) else info
     fo = irp.file
@@ -432,7 +441,9 @@ def device_io_control(process, handle: int, code: int, in_data, out_length: int,
 
 
 def read_file(process, handle: int, length: int, offset: int, buf_addr: int, event: int, reply: Reply,
-              rid: int = 0, tid: int = 0, overlapped: bool = False) -> None:
+              rid: int = 0, tid: int = 0, overlapped: bool = False, user_buffer: bool = False) -> None:
+    """NtReadFile.  With `user_buffer` the copy-back goes straight into the
+    program's buffer at `buf_addr` rather than into the reply."""
     fo = _file_for(process, handle, acc.FILE_READ_DATA, reply)
     if fo is None:
         return
@@ -449,23 +460,41 @@ def read_file(process, handle: int, length: int, offset: int, buf_addr: int, eve
     p.ByteOffset = fo.CurrentByteOffset if offset < 0 else offset
     irp.out_length = length
     _attach_buffer(irp, fo, bytearray(length), buf_addr, process)
+    if user_buffer and buf_addr and irp.Tail.Overlay.DriverContext[2] != _KIND_NEITHER:
+        irp.copy_back = UserAddress(buf_addr, process.pid, length)
     _send(irp)
 
 
 def write_file(process, handle: int, data, offset: int, buf_addr: int, event: int, reply: Reply,
-               rid: int = 0, tid: int = 0, overlapped: bool = False) -> None:
+               rid: int = 0, tid: int = 0, overlapped: bool = False, length: int | None = None) -> None:
+    """NtWriteFile.  `data` is None when the bytes are still in the program's
+    buffer (`length` bytes at `buf_addr`): the I/O manager copies them from
+    there into the system buffer, as NT does in the caller's context."""
     fo = _file_for(process, handle, acc.FILE_WRITE_DATA | acc.FILE_APPEND_DATA, reply)
     if fo is None:
         return
+    if data is None:
+        if length > MAX_SYSTEM_BUFFER:
+            reply.complete(None, st.STATUS_INSUFFICIENT_RESOURCES, 0, b"")
+            return
+        buf = bytearray(length)
+        if fo.DeviceObject.top_of_stack().Flags & (irpc.DO_BUFFERED_IO | irpc.DO_DIRECT_IO):
+            try:
+                read_into(process.pid, buf_addr, buf)
+            except AccessViolation:
+                reply.complete(None, st.STATUS_ACCESS_VIOLATION, 0, b"")
+                return
+    else:
+        buf = bytearray(data)
     ok, ev = _user_event(process, event, reply)
     if not ok:
         return
     irp = _new_irp(fo, IRP_MJ_WRITE, process, reply, rid, tid, overlapped)
     irp.user_event_obj = ev
     p = irp.Stack[0].Parameters
-    p.Length = len(data)
+    p.Length = len(buf)
     p.ByteOffset = fo.CurrentByteOffset if offset < 0 else offset
-    _attach_buffer(irp, fo, bytearray(data), buf_addr, process)
+    _attach_buffer(irp, fo, buf, buf_addr, process)
     irp.Tail.Overlay.DriverContext[2] = _KIND_INTERNAL  # a write copies nothing back
     _send(irp)
 

@@ -255,7 +255,7 @@ class IRP:
     __slots__ = ("Type", "StackCount", "CurrentLocation", "Stack", "IoStatus", "AssociatedIrp", "MdlAddress",
                  "UserBuffer", "RequestorMode", "PendingReturned", "Cancel", "CancelIrql", "CancelRoutine",
                  "Flags", "Tail", "UserEvent", "completed", "process", "file", "rid", "tid", "overlapped",
-                 "on_complete", "reply_sent", "major", "user_event_obj", "out_length", "driver", "__weakref__")
+                 "on_complete", "reply_sent", "major", "user_event_obj", "out_length", "driver", "copy_back", "__weakref__")
 
     def __init__(self, StackSize: int):
         self.Type = 6
@@ -286,4 +286,5 @@ class IRP:
         self.user_event_obj = None
         self.out_length = 0
         self.driver = None
+        self.copy_back = None       # the program's buffer the copy-back goes straight into (a UserAddress)
 

@@ -82,6 +82,48 @@ def write_process(pid: int, address: int, data) -> None:
         raise AccessViolation(address, len(data), "write")
 
 
+def _buffer_address(buf) -> tuple[int, object]:
+    """(address, owner) of a writable buffer's bytes, without copying them;
+    keep `owner` alive while the address is used."""
+    owner = ctypes.c_char.from_buffer(buf)
+    return ctypes.addressof(owner), owner
+
+
+def _vm_copy(call, what: str, pid: int, address: int, local_addr: int, length: int) -> None:
+    local = _iovec(local_addr, length)
+    remote = _iovec(address, length)
+    if call(pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0) != length:
+        raise AccessViolation(address, length, what)
+
+
+def read_into(pid: int, address: int, dest) -> None:
+    """Copy len(dest) bytes of the program's memory at `address` into the
+    writable buffer `dest` (a system buffer), in one step."""
+    length = len(dest)
+    if length == 0:
+        return
+    _check_range(address, length, "read")
+    local_addr, owner = _buffer_address(dest)
+    _vm_copy(_libc.process_vm_readv, "read", pid, address, local_addr, length)
+    del owner
+
+
+def write_from(pid: int, address: int, src) -> None:
+    """Copy the buffer `src` (a slice of a system buffer) into the program's
+    memory at `address`, in one step."""
+    length = len(src)
+    if length == 0:
+        return
+    _check_range(address, length, "write")
+    try:
+        local_addr, owner = _buffer_address(src)
+    except TypeError:          # a read-only buffer: copy it once
+        owner = ctypes.create_string_buffer(bytes(src), length)
+        local_addr = ctypes.addressof(owner)
+    _vm_copy(_libc.process_vm_writev, "write", pid, address, local_addr, length)
+    del owner
+
+
 class UserAddress(int):
     """A pointer into a program's address space (Type3InputBuffer, UserBuffer).
 
