@@ -40,7 +40,13 @@ STATUS_SUCCESS = 0
 STATUS_PENDING = 0x103
 STATUS_NO_MEMORY = 0xC0000017
 STATUS_INVALID_PARAMETER = 0xC000000D
-SPIN_SECONDS = 60e-6   # covers a request the kernel answers at once; longer ones sleep
+# A waiting program spins this long on its response ring before it sleeps:
+# long enough for a request the kernel answers at once.  After a few waits in
+# a row that the spin did not cover (the kernel is busy, or the requests pend),
+# it sleeps at once, leaving the CPU to the kernel and other programs, until
+# an answer again comes within the spin time.
+SPIN_SECONDS = 60e-6
+SPIN_MISSES_TO_STOP = 2
 ENV_RING = "RINGZERO_RING"   # "0" keeps a program on the socket path
 # Read and write data larger than a ring frame takes (or, with no ring, than
 # this) stays in the program's buffer for the kernel to copy, when it can.
@@ -98,6 +104,7 @@ class Connection:
         self.closed = False
         self.requests_sent = 0
         self._socket_frames = self._hints = 0
+        self._spin_misses = 0
         self._send(self.proto.send(wire.hello()))
         while self.proto.state is not wire.State.READY:
             self._read_socket()
@@ -232,12 +239,16 @@ class Connection:
             raise KernelGone("the ringzero kernel connection is closed")
         ring = self.resp_ring
         if ring is not None:
-            spin_until = time.perf_counter() + SPIN_SECONDS
-            while True:
-                if self._drain_ring():
-                    return
-                if time.perf_counter() > spin_until:
-                    break
+            start = time.perf_counter()
+            if self._spin_misses < SPIN_MISSES_TO_STOP:
+                spin_until = start + SPIN_SECONDS
+                while True:
+                    if self._drain_ring():
+                        self._spin_misses = 0
+                        return
+                    if time.perf_counter() > spin_until:
+                        break
+                self._spin_misses += 1
             try:
                 os.eventfd_read(self._resp_efd)
             except BlockingIOError:
@@ -248,8 +259,8 @@ class Connection:
         for fd, _ in ready:
             if fd == self.sock.fileno():
                 self._pump_socket()
-        if ring is not None:
-            self._drain_ring()
+        if ring is not None and self._drain_ring() and time.perf_counter() - start < SPIN_SECONDS:
+            self._spin_misses = 0     # that answer came soon enough for a spin to have caught it
 
     def _drain_ring(self) -> bool:
         ring = self.resp_ring
