@@ -87,6 +87,8 @@ class _Req(iofile.Reply):
             conn._send_locked(head, body=data)
 
     def pending(self, irp):
+        if not irp.overlapped:
+            return       # a synchronous caller just waits for the reply
         conn = self.conn
         with conn.send_lock:
             if not irp.reply_sent:
