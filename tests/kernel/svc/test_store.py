@@ -101,6 +101,24 @@ def test_a_database_of_another_program_is_reported_and_left_alone(tmp_path):
     assert open(path, "rb").read() == before
 
 
+def test_a_creation_cut_short_is_started_over(tmp_path):
+    """A kernel killed while it created the database leaves either nothing or
+    a database file without a single table (the creation is one transaction);
+    the next kernel creates it anew instead of calling it damaged."""
+    os.makedirs(tmp_path, exist_ok=True)
+    db = sqlite3.connect(_database(tmp_path))
+    db.execute("PRAGMA user_version = 0")
+    db.execute("CREATE TABLE t (x)")
+    db.execute("DROP TABLE t")          # a valid SQLite file with pages, and no table
+    db.commit()
+    db.close()
+    assert os.path.getsize(_database(tmp_path)) > 0
+    s = Store.open(str(tmp_path))
+    s.create_key(SERVICES + "\\Echo")
+    s.close()
+    assert Store.open(str(tmp_path)).key_exists(SERVICES + "\\Echo")
+
+
 def test_a_damaged_database_is_reported_and_left_alone(tmp_path):
     s = Store.open(str(tmp_path))
     for i in range(300):

@@ -115,9 +115,13 @@ class Store:
         except sqlite3.Error as e:
             raise StoreError(f"cannot open the service database {path}: {e}") from None
         try:
+            if not fresh and not db.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall():
+                fresh = True     # no table at all: nothing in it to keep (a creation that was cut short)
             if fresh:
-                db.executescript("BEGIN;" + _SCHEMA + "COMMIT;")
-                db.execute("INSERT INTO meta VALUES ('format', ?), ('version', ?)", (FORMAT, VERSION))
+                # schema and format in one transaction: a kernel killed half-way leaves no tables
+                db.executescript("BEGIN;" + _SCHEMA
+                                 + f"INSERT INTO meta VALUES ('format', '{FORMAT}'), ('version', '{VERSION}');"
+                                 + "COMMIT;")
             else:
                 _verify(db, path)
             db.execute("PRAGMA foreign_keys = ON")
