@@ -23,7 +23,7 @@ def cli_kernel(tmp_path, monkeypatch):
     env = dict(os.environ, PYTHONPATH=SRC)
     proc = subprocess.Popen([sys.executable, "-m", "ringzero.cli.main", "kernel", "--socket", sock,
                              "--state", str(tmp_path / "state"), "--load", os.path.join(TEST_DRIVERS, "misbehave.py"),
-                             "--no-verifier", "--fault-limit", "1", "--max-handles", "2"],
+                             "--no-verifier", "--fault-limit", "1", "--max-handles", "2", "--max-pool", "3MiB"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 30
     while not client.kernel_running(sock):
@@ -43,6 +43,7 @@ def open_dev():
 
 
 def test_the_flags_of_ringzero_kernel(cli_kernel):
+    assert client.connection().call("kernel.info")["pool"]["limit"] == 3 << 20     # --max-pool 3MiB
     h = open_dev()
     # --no-verifier: no verifier line for Information past the buffer
     win32file.DeviceIoControl(h, M.IOCTL_INFO_TOO_LARGE, None, 4)
@@ -59,3 +60,18 @@ def test_the_flags_of_ringzero_kernel(cli_kernel):
         open_dev()
     assert e.value.winerror == winerror.ERROR_IO_DEVICE
     h.Close()
+
+
+@pytest.mark.parametrize("text, size", [("1048576", 1 << 20), ("512M", 512 << 20), ("2G", 2 << 30),
+                                        ("3MiB", 3 << 20), ("1.5k", 1536), ("64KB", 64 << 10)])
+def test_sizes_are_read_with_their_units(text, size):
+    from ringzero.kernel.boot import parse_size
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["", "M", "lots", "0", "-5M", "12X"])
+def test_a_bad_size_is_refused_with_a_clear_message(text):
+    r = subprocess.run([sys.executable, "-m", "ringzero.cli.main", "kernel", "--max-pool", text],
+                       env=dict(os.environ, PYTHONPATH=SRC), capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert "--max-pool" in r.stderr and "size" in r.stderr

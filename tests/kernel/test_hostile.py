@@ -335,3 +335,47 @@ def test_outstanding_request_quota(tmp_path, monkeypatch):
         h.Close()
     finally:
         k.stop()
+
+
+def test_pool_limit_fails_allocations_not_the_kernel(tmp_path, monkeypatch):
+    """A program that makes a driver allocate without end (the Example driver
+    allocates a context per name and a ring of any size it is asked for) finds
+    ExAllocatePool returning NULL at the limit, as on NT: its requests fail,
+    the kernel and other programs carry on, and the pool comes back as the
+    handles close."""
+    from ringzero.drivers.example_ioctl import IOCTL_EXAMPLE_SET_SIZE
+    k = _quota_kernel(tmp_path, monkeypatch, "--max-pool", "1M")
+    try:
+        k.load("ringzero.drivers.example", "Example")
+        assert client.connection().call("kernel.info")["pool"]["limit"] == 1 << 20
+
+        def pipe(name):
+            return win32file.CreateFile("\\\\.\\Example\\" + name, win32con.GENERIC_READ | win32con.GENERIC_WRITE,
+                                        0, None, win32con.OPEN_EXISTING, 0, None)
+
+        big = pipe("BIG")
+        with pytest.raises(pywintypes.error) as e:
+            win32file.DeviceIoControl(big, IOCTL_EXAMPLE_SET_SIZE, struct.pack("<I", 2 << 20), 0)
+        assert e.value.winerror == winerror.ERROR_NO_SYSTEM_RESOURCES
+        handles = []
+        with pytest.raises(pywintypes.error) as e:
+            for i in range(1000):                     # 4 KiB and a little per name: the limit comes first
+                handles.append(pipe(f"N{i}"))
+        assert e.value.winerror == winerror.ERROR_NO_SYSTEM_RESOURCES
+        assert 100 < len(handles) < 300
+        info = client.connection().call("kernel.info")["pool"]
+        assert info["in_use"] <= info["limit"]
+        warnings = [r["text"] for r in client.connection().call("dbg.recent", count=4096)
+                    if r["level"] == "warning" and "pool limit reached" in r["text"]]
+        assert warnings
+        others_carry_on(k)
+        for h in handles:
+            h.Close()
+        # room again: the ring the limit refused before now fits
+        win32file.DeviceIoControl(big, IOCTL_EXAMPLE_SET_SIZE, struct.pack("<I", 512 << 10), 0)
+        win32file.WriteFile(big, b"after")
+        assert win32file.ReadFile(big, 16)[1] == b"after"
+        big.Close()
+        assert client.connection().call("kernel.info")["pool"]["in_use"] == 0
+    finally:
+        k.stop()

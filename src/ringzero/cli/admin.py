@@ -87,9 +87,15 @@ def _pool_rows(sort: str) -> list[dict]:
     return sorted(kernel_call("pool.stats"), key=SORT_KEYS[sort])
 
 
+def _pool_total() -> str:
+    p = kernel_call("kernel.info")["pool"]
+    return f"pool in use: {p['in_use']} of {p['limit']} bytes (ringzero kernel --max-pool)"
+
+
 def _pool_table(rows: list[dict], previous: dict):
     from rich.table import Table
-    t = Table(title=f"ringzero poolmon  {time.strftime('%H:%M:%S')}", title_justify="left")
+    t = Table(title=f"ringzero poolmon  {time.strftime('%H:%M:%S')}", title_justify="left",
+              caption=_pool_total(), caption_justify="left")
     for col, just in (("Tag", "left"), ("Type", "left"), ("Allocs", "right"), ("Frees", "right"),
                       ("Diff", "right"), ("Bytes", "right"), ("Driver", "left")):
         t.add_column(col, justify=just)
@@ -106,7 +112,7 @@ def _pool_text(rows: list[dict]) -> str:
     lines = [f"{'Tag':<5} {'Type':<5} {'Allocs':>8} {'Frees':>8} {'Diff':>8} {'Bytes':>10}  Driver"]
     lines += [f"{r['tag']:<5} {r['type']:<5} {r['allocs']:>8} {r['frees']:>8} {r['diff']:>8} {r['bytes']:>10}  "
               f"{', '.join(r['drivers']) or '-'}" for r in rows]
-    return "\n".join(lines)
+    return "\n".join(lines + [_pool_total()])
 
 
 @main.command()

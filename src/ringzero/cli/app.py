@@ -22,6 +22,19 @@ def main() -> None:
     """
 
 
+class _Size(click.ParamType):
+    name = "size"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        from ringzero.kernel.boot import parse_size
+        try:
+            return parse_size(value)
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+
+
 @main.command()
 @click.option("--socket", "socket_path", metavar="PATH",
               help=f"Unix socket to listen on (default: ${paths.ENV_SOCKET}, else {paths.default_socket_path()}).")
@@ -38,7 +51,11 @@ def main() -> None:
               help="Handles one program may hold; beyond it, STATUS_INSUFFICIENT_RESOURCES.")
 @click.option("--max-pending", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
               help="Requests one program may have outstanding in drivers; 0: no limit.")
-def kernel(socket_path, loads, state_dir, verbose, no_verifier, fault_limit, max_handles, max_pending) -> None:
+@click.option("--max-pool", type=_Size(), default=None, metavar="SIZE",
+              help="Pool the drivers may have allocated at once (bytes, or 512M, 2G...); past it "
+                   "ExAllocatePool returns NULL.  [default: a quarter of this machine's memory]")
+def kernel(socket_path, loads, state_dir, verbose, no_verifier, fault_limit, max_handles, max_pending,
+           max_pool) -> None:
     """Run the kernel host in the foreground until Ctrl-C / SIGTERM.
 
     Drivers' DriverUnload runs for each loaded driver at shutdown, and the
@@ -47,4 +64,4 @@ def kernel(socket_path, loads, state_dir, verbose, no_verifier, fault_limit, max
     """
     from ringzero.kernel.boot import run
     sys.exit(run(socket_path, list(loads), state_dir, verbose, False, not no_verifier, fault_limit, max_handles,
-                 max_pending))
+                 max_pending, max_pool))

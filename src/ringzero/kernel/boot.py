@@ -14,6 +14,7 @@ from ringzero.kernel import dbg, system, verifier
 from ringzero.kernel.host import KernelHost
 from ringzero.kernel.io import driver as iodriver
 from ringzero.kernel.ke import timer
+from ringzero.kernel.mm import pool
 
 log = logging.getLogger("ringzero.kernel")
 
@@ -86,9 +87,29 @@ def _raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """Bytes from '1048576', '512M', '2G' (K, M, G, T: powers of 1024)."""
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    unit = t[-1:] if t[-1:] in _SIZE_UNITS else ""
+    number = t[:len(t) - len(unit)]
+    try:
+        value = float(number) * _SIZE_UNITS[unit]
+    except ValueError:
+        raise ValueError(f"{text!r} is not a size (bytes, or a number with K, M, G or T)") from None
+    if value <= 0:
+        raise ValueError(f"{text!r}: a size must be positive")
+    return int(value)
+
+
 def run(socket_path: str | None, loads: list[str], state_dir: str | None, verbose: bool, quiet: bool = False,
-        verifier_enabled: bool = True, fault_limit: int = 0, max_handles: int = 1 << 20, max_pending: int = 0) -> int:
+        verifier_enabled: bool = True, fault_limit: int = 0, max_handles: int = 1 << 20, max_pending: int = 0,
+        max_pool: int | None = None) -> int:
     """Foreground kernel: prints where it listens, stops cleanly on SIGINT/SIGTERM."""
+    if max_pool is not None:
+        pool.limit = max_pool
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s", stream=sys.stderr)
     _raise_fd_limit()
     _lean_threads()

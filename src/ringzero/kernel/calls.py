@@ -49,6 +49,7 @@ def _info(conn, args, rid):
     s = system.get()
     return {"pid": os.getpid(), "uid": os.getuid(), "processes": len(s.processes), "drivers": sorted(s.drivers),
             "counters": dict(s.counters), "mdls": mm_mdl.live_mdl_count(), "state_dir": s.state_dir,
+            "pool": {"in_use": pool.in_use, "limit": pool.limit},
             "caller": {"pid": conn.process.pid, "uid": conn.process.uid, "admin": conn.process.is_admin}}
 
 

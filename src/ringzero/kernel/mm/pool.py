@@ -65,6 +65,17 @@ _seq = itertools.count(1)
 _totals: dict[tuple[int, int], list[int]] = {}   # (tag, paged) -> [allocs, frees, bytes in use]
 
 
+def default_limit() -> int:
+    """A quarter of this machine's memory: like NT's maximum pool sizes, a
+    bound the drivers of a kernel that programs feed can never push past."""
+    return os.sysconf("SC_PHYS_PAGES") * PAGE_SIZE // 4
+
+
+limit = default_limit()    # bytes of pool (paged and nonpaged together) live at once
+in_use = 0                 # bytes of pool live now
+_refused_at = -1           # `in_use` when an allocation was last refused (to log once per crossing)
+
+
 def tag_text(tag: int) -> str:
     return "".join(chr(b) if 32 <= b < 127 else "." for b in tag.to_bytes(4, "little"))
 
@@ -90,11 +101,28 @@ def _new_block(size: int):
 def ExAllocatePoolWithTag(PoolType: int, NumberOfBytes: int, Tag: int | str):
     if isinstance(Tag, str):
         Tag = make_tag(Tag)
+    global in_use, _refused_at
     if NumberOfBytes < 0 or NumberOfBytes > (1 << 31):
+        return None
+    with _lock:
+        if in_use + NumberOfBytes > limit:
+            # pool exhausted: NULL, which every driver must check for, as on NT
+            first = _refused_at != in_use
+            _refused_at = in_use
+        else:
+            in_use += NumberOfBytes
+            first = None
+    if first is not None:
+        if first:
+            from ringzero.kernel import dbg
+            dbg.emit(f"pool limit reached: {in_use} of {limit} bytes in use; an allocation of {NumberOfBytes} "
+                     f"bytes (tag {tag_text(Tag)!r}) fails", level="warning")
         return None
     try:
         block = _new_block(max(1, NumberOfBytes))
     except OSError:
+        with _lock:
+            in_use -= NumberOfBytes
         return None
     alloc = Allocation(next(_seq), Tag, NumberOfBytes, PoolType, current.driver)
     paged = 1 if PoolType & 1 else 0
@@ -115,6 +143,7 @@ def ExAllocatePool2(Flags: int, NumberOfBytes: int, Tag):
 
 
 def ExFreePoolWithTag(P, Tag: int | str = 0) -> None:
+    global in_use
     if isinstance(Tag, str):
         Tag = make_tag(Tag)
     with _lock:
@@ -130,6 +159,7 @@ def ExFreePoolWithTag(P, Tag: int | str = 0) -> None:
         t = _totals[(alloc.tag, 1 if alloc.pool_type & 1 else 0)]
         t[1] += 1
         t[2] -= alloc.size
+        in_use -= alloc.size
     if isinstance(block, SectionBlock):
         _release_section(block)
 
@@ -167,6 +197,7 @@ def stats() -> list[dict]:
 
 def reclaim_driver(driver) -> None:
     """After a leak report: free what an unloaded driver left (its module is gone)."""
+    global in_use
     with _lock:
         mine = [(k, b, a) for k, (b, a) in _live.items() if a.driver is driver]
         for k, _, a in mine:
@@ -174,6 +205,7 @@ def reclaim_driver(driver) -> None:
             t = _totals[(a.tag, 1 if a.pool_type & 1 else 0)]
             t[1] += 1
             t[2] -= a.size
+            in_use -= a.size
     for _, b, _ in mine:
         if isinstance(b, SectionBlock):
             _release_section(b)
