@@ -149,3 +149,35 @@ def test_leaks_and_waiting_handles_show_in_query(bare_kernel):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_driver_loaded_directly_is_a_service_sc_can_stop_and_start(tmp_path, monkeypatch):
+    """As NtLoadDriver needs a service key: `ringzero kernel --load` and the
+    driver.load call the samples make go through a service of the driver's
+    name, made if there is none, which the SCM shows and controls."""
+    from conftest import start_kernel
+    k = start_kernel(tmp_path, monkeypatch, loads=["ringzero.drivers.echo"])
+    try:
+        code, out = sc(k, "query", "echo")
+        assert code == 0 and "        STATE              : 4  RUNNING" in out
+        code, out = sc(k, "qc", "echo")
+        assert code == 0 and any(line.split(":", 1)[-1].strip() == "ringzero.drivers.echo" for line in out
+                                 if "BINARY_PATH_NAME" in line)
+        k.load(PROBE, "SvcProbe")                    # the samples' way
+        code, out = sc(k, "query")
+        assert code == 0 and "SERVICE_NAME: SvcProbe" in out and "SERVICE_NAME: echo" in out
+        assert sc(k, "stop", "SvcProbe")[0] == 0
+        assert "SvcProbe" not in k.call("kernel.info")["drivers"]
+        assert sc(k, "start", "SvcProbe")[0] == 0    # from the image path the load recorded
+        assert "SvcProbe" in k.call("kernel.info")["drivers"]
+    finally:
+        k.stop()
+    # the services outlive the kernel, stopped, as services do
+    k = start_kernel(tmp_path, monkeypatch)
+    try:
+        code, out = sc(k, "query", "echo")
+        assert code == 0 and "        STATE              : 1  STOPPED" in out
+        assert sc(k, "start", "echo")[0] == 0
+        assert "echo" in k.call("kernel.info")["drivers"]
+    finally:
+        k.stop()

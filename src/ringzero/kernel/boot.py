@@ -41,7 +41,7 @@ class Kernel:
         self._boot_services()
         for image in loads:
             service = os.path.splitext(os.path.basename(image))[0] if image.endswith(".py") else image.rsplit(".", 1)[-1]
-            iodriver.load_driver(service, image)
+            _calls.load_driver(service, image)
         self.host.start_background()
 
     def _boot_services(self) -> None:

@@ -99,10 +99,24 @@ def _load(conn, args, rid):
     image = args["image"]
     service = args.get("service") or os.path.splitext(os.path.basename(image))[0]
     try:
-        iodriver.load_driver(service, image)
+        load_driver(service, image)
     except iodriver.DriverLoadError as e:
         raise CallError(e.status, str(e)) from None
     return {"service": service}
+
+
+def load_driver(service: str, image: str) -> None:
+    """Load a driver the SCM was not asked to start: under its service key, as
+    NtLoadDriver does, when the SCM runs (raises DriverLoadError)."""
+    scm = system.get().scm
+    if scm is None:
+        iodriver.load_driver(service, image)
+        return
+    from ringzero.kernel.svc.scm import ServiceError
+    try:
+        scm.load_outside(service, image)
+    except ServiceError as e:
+        raise iodriver.DriverLoadError(e.status or st.STATUS_UNSUCCESSFUL, str(e)) from None
 
 
 @call("driver.unload")

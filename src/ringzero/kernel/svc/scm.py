@@ -68,9 +68,10 @@ _CONTROL_RIGHTS = {
 class ServiceError(Exception):
     """A refused SCM call: the Win32 error the program gets, and why."""
 
-    def __init__(self, winerror: int, message: str = ""):
+    def __init__(self, winerror: int, message: str = "", status: int | None = None):
         super().__init__(message or we.format_message(winerror))
         self.winerror = winerror
+        self.status = status       # the NTSTATUS behind it, when a driver's load failed
 
 
 class Service:
@@ -373,10 +374,39 @@ class ServiceControlManager:
             level = "info" if cfg["ErrorControl"] == sv.SERVICE_ERROR_IGNORE else "fault"
             dbg.emit(f"The {cfg['DisplayName']} service failed to start due to the following error: "
                      f"{we.format_message(code)} ({e})", level=level, source="scm")
-            raise ServiceError(code, str(e)) from None
+            raise ServiceError(code, str(e), e.status) from None
         with self.lock:
             svc.driver, svc.state, svc.exit_code, svc.leaks, svc.message = drv, sv.SERVICE_RUNNING, we.NO_ERROR, [], ""
         dbg.emit(f"service {svc.name} started", source="scm")
+
+    def load_outside(self, name: str, image: str):
+        """NtLoadDriver for a driver the SCM is not asked to start (`ringzero
+        kernel --load`, the `driver.load` call the samples make): as on NT it
+        loads under a service key, the existing one of that name (now pointing
+        at `image`) or a new demand-start kernel-driver service, so `sc query`
+        shows it running and `sc stop` unloads it.  The DRIVER_OBJECT, or
+        ServiceError."""
+        with self.lock:
+            svc = self.services.get(name.upper())
+            if svc is None:
+                if not name or len(name) > MAX_NAME or "\\" in name or "/" in name:
+                    raise ServiceError(we.ERROR_INVALID_NAME, f"{name!r} is not a valid service name")
+                svc = Service(name)
+                self._write_config(svc, sv.SERVICE_KERNEL_DRIVER, sv.SERVICE_DEMAND_START, sv.SERVICE_ERROR_NORMAL,
+                                   image, "", [], "", name)
+                self.services[name.upper()] = svc
+                dbg.emit(f"service {name} created for a driver loaded directly ({image})", source="scm")
+            else:
+                self._refresh(svc)
+                if svc.marked:
+                    raise ServiceError(we.ERROR_SERVICE_MARKED_FOR_DELETE, f"service {svc.name} is marked for delete")
+                if svc.state != sv.SERVICE_STOPPED:
+                    raise ServiceError(we.ERROR_SERVICE_ALREADY_RUNNING, f"service {svc.name} is not stopped")
+                self._write_config(svc, path=image)
+            svc.state = sv.SERVICE_START_PENDING
+            cfg = self.config(svc)
+        self._start(svc, cfg)
+        return svc.driver
 
     def control_service(self, proc, value, control: int) -> dict:
         with self.lock:
