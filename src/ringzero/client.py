@@ -64,7 +64,7 @@ class KernelGone(ConnectionError):
 
 
 class _Slot:
-    __slots__ = ("done", "pending", "status", "info", "data", "sink", "push", "event")
+    __slots__ = ("done", "pending", "status", "info", "data", "sink", "push", "event", "keep")
 
     def __init__(self):
         self.done = False
@@ -74,6 +74,7 @@ class _Slot:
         self.data = b""
         self.sink = None     # a writable buffer the reply's data is copied into (overlapped reads)
         self.push = None     # a list collecting PUSH payloads (subscriptions)
+        self.keep = None     # holds a buffer the kernel writes into until the reply says it is done
 
 
 class Connection:
@@ -173,7 +174,7 @@ class Connection:
             raise KernelGone(f"the ringzero kernel connection is broken: {e}") from None
 
     def start(self, kind: int, payload: bytes, flags: int = 0, sink=None, push=None,
-              body=b"") -> tuple[int, _Slot]:
+              body=b"", keep=None) -> tuple[int, _Slot]:
         """Send one request, `payload` followed by `body` (a large body is copied
         once, into the ring or the socket); its slot fills when the reply comes.
         With `sink`, a writable buffer, the reply's data is copied into it (and
@@ -184,6 +185,7 @@ class Connection:
         slot = _Slot()
         slot.sink = sink
         slot.push = push
+        slot.keep = keep
         self._slots[rid] = slot
         self.requests_sent += 1
         data = wire.HEADER.pack(len(payload) + len(body), kind, flags, 0, threading.get_native_id(), rid) + payload
@@ -196,9 +198,10 @@ class Connection:
         self._send(data + body if body else data)
         return rid, slot
 
-    def request(self, kind: int, payload: bytes, flags: int = 0, sink=None, body=b"") -> tuple[int, int, bytes]:
+    def request(self, kind: int, payload: bytes, flags: int = 0, sink=None, body=b"",
+                keep=None) -> tuple[int, int, bytes]:
         """Send one request and wait for its final reply: (status, information, data)."""
-        rid, slot = self.start(kind, payload, flags, sink=sink, body=body)
+        rid, slot = self.start(kind, payload, flags, sink=sink, body=body, keep=keep)
         self.wait(slot)
         return slot.status, slot.info, slot.data
 
@@ -325,6 +328,7 @@ class Connection:
             if slot is None:
                 return
             slot.status, slot.info = wire.REPLY.unpack_from(f.payload)
+            slot.keep = None
             n = len(f.payload) - wire.REPLY.size
             if slot.sink is not None:
                 if n:

@@ -83,9 +83,9 @@ def _data_address(data) -> tuple[int, object]:
 
 
 def _start(conn, kind: int, payload: bytes, overlapped, funcname: str, sink=None, keep=None, flags: int = 0,
-           body=b""):
+           body=b"", pin=None):
     """Send an overlapped request; returns once it completed or went pending."""
-    rid, slot = conn.start(kind, payload, wire.FLAG_OVERLAPPED | flags, sink=sink, body=body)
+    rid, slot = conn.start(kind, payload, wire.FLAG_OVERLAPPED | flags, sink=sink, body=body, keep=pin)
     overlapped._slot = slot
     overlapped._conn = conn
     overlapped._rid = rid
@@ -167,16 +167,23 @@ def ReadFile(hFile, buffer, overlapped=None):
     if overlapped is not None:
         offset = overlapped.offset
         event = _h(overlapped.hEvent)
-    payload = wire.READ.pack(_h(hFile), size, offset, _address_of(target), event)
-    # a read too large for the ring: the kernel copies the data straight into `target`
-    flags = wire.FLAG_USER_BUFFER if conn.user_buffers and size > conn.max_ring_body else 0
+    address, pin = _data_address(target) if size else (0, None)
+    payload = wire.READ.pack(_h(hFile), size, offset, address, event)
+    # a read too large for the ring: the kernel copies the data straight into
+    # `target`, which stays pinned (it cannot be resized or freed) until the reply
+    if conn.user_buffers and size > conn.max_ring_body:
+        flags = wire.FLAG_USER_BUFFER
+    else:
+        flags, pin = 0, None
     if overlapped is not None:
         overlapped._buffer = target
-        if _start(conn, Kind.READ_FILE, payload, overlapped, "ReadFile", sink=target, keep=target, flags=flags):
+        if _start(conn, Kind.READ_FILE, payload, overlapped, "ReadFile", sink=target, keep=target, flags=flags,
+                  pin=pin):
             return ERROR_IO_PENDING, target
         n = overlapped.InternalHigh
         return 0, (bytes(memoryview(target)[:n]) if as_bytes else memoryview(target)[:n])
-    status, info, _ = conn.request(Kind.READ_FILE, payload, flags, sink=target)
+    status, info, _ = conn.request(Kind.READ_FILE, payload, flags, sink=target, keep=pin)
+    del pin
     if st.NT_ERROR(status):
         _fail(status, "ReadFile")
     n = min(info, size)
