@@ -25,7 +25,7 @@ from ringzero.protocol import ring as rings
 from ringzero.protocol import wire
 
 SPIN_SECONDS = 200e-6
-SCAN_SECONDS = 100e-6     # while busy, how often to look for other programs' doorbells
+SCAN_SECONDS = 500e-6     # while busy, how often to look for other programs' doorbells
 MAX_BATCH = 64
 SWITCH_INTERVAL = 50e-6   # let a spinning thread hand over the interpreter quickly
 MAX_SPARE = 16            # parked threads kept for the next handoff
@@ -207,10 +207,9 @@ class Poller:
                 _drain(fd)
                 continue
             ch = self.channels.get(fd)
-            if ch is not None and not ch.closed:
-                _drain(fd)
-                if ch not in hot:
-                    hot.append(ch)
+            if ch is not None and not ch.closed and ch not in hot:
+                _drain(fd)         # (a hot ring's doorbell is drained before the poller sleeps)
+                hot.append(ch)
         return True
 
     def _service(self, ch: Channel) -> None:
