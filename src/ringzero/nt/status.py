@@ -1962,7 +1962,7 @@ def _u32(status: int) -> int:
 
 
 def NT_SUCCESS(status: int) -> bool:
-    return _u32(status) < 0x80000000
+    return int(status) & 0xFFFFFFFF < 0x80000000
 
 
 def NT_INFORMATION(status: int) -> bool:
@@ -1974,7 +1974,7 @@ def NT_WARNING(status: int) -> bool:
 
 
 def NT_ERROR(status: int) -> bool:
-    return _u32(status) >> 30 == STATUS_SEVERITY_ERROR
+    return int(status) & 0xFFFFFFFF >= 0xC0000000      # severity STATUS_SEVERITY_ERROR
 
 
 def NT_SEVERITY(status: int) -> int:

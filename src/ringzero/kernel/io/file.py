@@ -156,7 +156,7 @@ def _complete(irp: IRP) -> None:
         if info > n and verifier.enabled:
             verifier.violation(verifier.INFORMATION_TOO_LARGE, f"Information {info} > buffer {n}",
                                driver=irp.driver, raise_it=False)
-        if not st.NT_ERROR(status) and n:
+        if status < 0xC0000000 and n:               # not NT_ERROR (status is a u32 here)
             info = min(info, n)
             src = irp.AssociatedIrp.SystemBuffer if kind == _KIND_BUFFERED else irp.MdlAddress.MappedSystemVa
             target = irp.copy_back
@@ -169,10 +169,10 @@ def _complete(irp: IRP) -> None:
                     write_from(target.pid, int(target), memoryview(src)[:info])
                 except AccessViolation:
                     status, info = st.STATUS_ACCESS_VIOLATION, 0
-        elif not st.NT_ERROR(status):
+        elif status < 0xC0000000:
             info = 0 if irp.major in (IRP_MJ_READ, IRP_MJ_DEVICE_CONTROL) else info
     fo = irp.file
-    if irp.major in (IRP_MJ_READ, IRP_MJ_WRITE) and fo.synchronous and st.NT_SUCCESS(status):
+    if irp.major in (IRP_MJ_READ, IRP_MJ_WRITE) and fo.synchronous and status < 0x80000000:
         fo.CurrentByteOffset = irp.Stack[0].Parameters.ByteOffset + info
     proc = irp.process
     if proc is not None:
@@ -359,7 +359,9 @@ def reference_handle(process, handle: int, type_name: str | None, desired: int =
 
 # -- read, write, device control ------------------------------------------------------
 
-def _file_for(process, handle: int, need: int, reply: Reply):
+def _file_entry(process, handle: int, need: int, reply: Reply):
+    """The handle's entry, if it is a file handle granted `need` (any of its
+    bits); else the request is answered here and None returned."""
     try:
         e = process.handles.get(handle)
     except HandleError as err:
@@ -371,13 +373,16 @@ def _file_for(process, handle: int, need: int, reply: Reply):
     if need and not e.access & need:
         reply.complete(None, st.STATUS_ACCESS_DENIED, 0, b"")
         return None
-    return e.obj
+    return e
+
+
+def _file_for(process, handle: int, need: int, reply: Reply):
+    e = _file_entry(process, handle, need, reply)
+    return e.obj if e is not None else None
 
 
 def _user_event(process, event_handle: int, reply: Reply):
     """The OVERLAPPED event: referenced, and reset, as the I/O manager does at issue."""
-    if not event_handle:
-        return True, None
     try:
         ev, _ = reference_handle(process, event_handle, "Event", acc.EVENT_MODIFY_STATE)
     except NtException as e:
@@ -390,21 +395,25 @@ def _user_event(process, event_handle: int, reply: Reply):
 def device_io_control(process, handle: int, code: int, in_data, out_length: int, in_addr: int, out_addr: int,
                       event: int, reply: Reply, rid: int = 0, tid: int = 0, overlapped: bool = False,
                       out_data=None) -> None:
-    fo = _file_for(process, handle, 0, reply)
-    if fo is None:
+    entry = _file_entry(process, handle, 0, reply)
+    if entry is None:
         return
-    need = ioc.ACCESS_FROM_CTL_CODE(code)
-    granted = process.handles.get(handle).access
-    if ((need & ioc.FILE_READ_ACCESS and not granted & acc.FILE_READ_DATA)
-            or (need & ioc.FILE_WRITE_ACCESS and not granted & acc.FILE_WRITE_DATA)):
-        reply.complete(None, st.STATUS_ACCESS_DENIED, 0, b"")
-        return
+    fo = entry.obj
+    need = (code >> 14) & 3           # ACCESS_FROM_CTL_CODE
+    if need:
+        granted = entry.access
+        if ((need & ioc.FILE_READ_ACCESS and not granted & acc.FILE_READ_DATA)
+                or (need & ioc.FILE_WRITE_ACCESS and not granted & acc.FILE_WRITE_DATA)):
+            reply.complete(None, st.STATUS_ACCESS_DENIED, 0, b"")
+            return
     if out_length > MAX_SYSTEM_BUFFER and code & 3 != ioc.METHOD_NEITHER:
         reply.complete(None, st.STATUS_INSUFFICIENT_RESOURCES, 0, b"")
         return
-    ok, ev = _user_event(process, event, reply)
-    if not ok:
-        return
+    ev = None
+    if event:
+        ok, ev = _user_event(process, event, reply)
+        if not ok:
+            return
     irp = _new_irp(fo, IRP_MJ_DEVICE_CONTROL, process, reply, rid, tid, overlapped)
     irp.user_event_obj = ev
     in_length = len(in_data) if in_addr == 0 or in_data else 0
@@ -450,9 +459,11 @@ def read_file(process, handle: int, length: int, offset: int, buf_addr: int, eve
     if length > MAX_SYSTEM_BUFFER:
         reply.complete(None, st.STATUS_INSUFFICIENT_RESOURCES, 0, b"")
         return
-    ok, ev = _user_event(process, event, reply)
-    if not ok:
-        return
+    ev = None
+    if event:
+        ok, ev = _user_event(process, event, reply)
+        if not ok:
+            return
     irp = _new_irp(fo, IRP_MJ_READ, process, reply, rid, tid, overlapped)
     irp.user_event_obj = ev
     p = irp.Stack[0].Parameters
@@ -486,9 +497,11 @@ def write_file(process, handle: int, data, offset: int, buf_addr: int, event: in
                 return
     else:
         buf = bytearray(data)
-    ok, ev = _user_event(process, event, reply)
-    if not ok:
-        return
+    ev = None
+    if event:
+        ok, ev = _user_event(process, event, reply)
+        if not ok:
+            return
     irp = _new_irp(fo, IRP_MJ_WRITE, process, reply, rid, tid, overlapped)
     irp.user_event_obj = ev
     p = irp.Stack[0].Parameters

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 
 from ringzero.kernel import dbg, verifier
-from ringzero.kernel.context import DISPATCH_LEVEL, calling_driver, current
+from ringzero.kernel.context import DISPATCH_LEVEL, PASSIVE_LEVEL, calling_driver, current
 from ringzero.kernel.io.objects import IO_STACK_LOCATION, IRP
 from ringzero.nt import irp as irpc
 from ringzero.nt import status as st
@@ -76,13 +76,18 @@ def IoCallDriver(DeviceObject, Irp: IRP) -> int:
     routine = driver.MajorFunction[loc.MajorFunction]
     Irp.driver = driver
     driver.counters["irps"] += 1
-    with calling_driver(driver):
+    ctx = current
+    saved = ctx.driver, ctx.irql          # calling_driver(driver), inline: this runs for every IRP
+    ctx.driver, ctx.irql = driver, PASSIVE_LEVEL
+    try:
         if routine is None:
             Irp.IoStatus.Status = st.STATUS_INVALID_DEVICE_REQUEST
             Irp.IoStatus.Information = 0
             IoCompleteRequest(Irp, 0)
             return st.STATUS_INVALID_DEVICE_REQUEST
         status = routine(DeviceObject, Irp)
+    finally:
+        ctx.driver, ctx.irql = saved
     if not isinstance(status, int):
         verifier.violation("DRIVER_RETURNED_NON_NTSTATUS", f"{getattr(routine, '__name__', routine)} returned {status!r}",
                            driver=driver)
