@@ -388,8 +388,20 @@ class MutexNotOwned(RuntimeError):
 
 
 def KeReleaseMutex(Mutex: KMUTEX, Wait: bool = False) -> int:
+    me = threading.get_ident()
+    _lock.acquire()
+    try:
+        if not Mutex.wait_list and Mutex.OwnerThread == me and Mutex.signal_state <= 0:
+            # nobody waits: no one to wake, no callback to run after the lock
+            previous = Mutex.signal_state
+            Mutex.signal_state += 1
+            if Mutex.signal_state > 0:
+                Mutex.OwnerThread = None
+            return previous
+    finally:
+        _lock.release()
     with _lock:
-        if Mutex.OwnerThread != threading.get_ident() or Mutex.signal_state > 0:
+        if Mutex.OwnerThread != me or Mutex.signal_state > 0:
             raise MutexNotOwned("THREAD_NOT_MUTEX_OWNER: KeReleaseMutex by a thread that does not own it")
         previous = Mutex.signal_state
         Mutex.signal_state += 1
@@ -449,9 +461,22 @@ def _check_irql(seconds: float | None, routine: str) -> None:
 
 
 def KeWaitForSingleObject(Object, WaitReason: int = 0, WaitMode: int = 0, Alertable: bool = False, Timeout=None) -> int:
+    obj = _dispatcher_of(Object)
+    if current.irql < DISPATCH_LEVEL:
+        # the common case, a mutex that is free or already ours, an event that
+        # is set: no timeout to work out, no wait block
+        thread = threading.get_ident()
+        _lock.acquire()
+        try:
+            if obj._is_signalled_for(thread):
+                abandoned = obj._abandoned()
+                obj._consume(thread)
+                return st.STATUS_ABANDONED_WAIT_0 if abandoned else st.STATUS_WAIT_0
+        finally:
+            _lock.release()
     seconds = timeout_to_seconds(Timeout)
     _check_irql(seconds, "KeWaitForSingleObject")
-    return wait([_dispatcher_of(Object)], False, seconds)
+    return wait([obj], False, seconds, thread=None)
 
 
 KeWaitForMutexObject = KeWaitForSingleObject
