@@ -6,7 +6,8 @@ counted per file object and in total; IOCTLs let a test steer completion:
 IOCTL_COUNTS      -> "<IIII" creates, cleanups, closes, open file objects
 IOCTL_FILL        in: "<IIB" information, status, fill byte; fills the whole
                   SystemBuffer with the byte, sets IoStatus to (status, information)
-IOCTL_PEND        pends until cancelled (cancel routine) or IOCTL_COMPLETE_ALL
+IOCTL_PEND        pends until cancelled (cancel routine) or IOCTL_COMPLETE_ALL; while
+                  pending, the IRP's Tail.Overlay.DriverContext holds the driver's own values
 IOCTL_COMPLETE_ALL completes every pended IRP with STATUS_SUCCESS, out "<I" count
 IOCTL_WHOAMI      out "<QQ" PsGetCurrentProcessId, IoGetRequestorProcessId
 IOCTL_SET_EVENT   in "<Q" a handle of the caller's; ObReferenceObjectByHandle(UserMode) + KeSetEvent
@@ -99,6 +100,9 @@ def DispatchControl(DeviceObject, Irp):
             KeReleaseMutex(lock, False)
             _complete(Irp, STATUS_CANCELLED)
             return STATUS_PENDING
+        # while it owns the IRP, DriverContext is the driver's: keep our queue's
+        # bookkeeping in all four entries, as a cancel-safe queue does
+        Irp.Tail.Overlay.DriverContext[:] = [DeviceObject, "recorder queue", len(pended), CancelPended]
         pended.append(Irp)
         KeReleaseMutex(lock, False)
         return STATUS_PENDING

@@ -83,7 +83,7 @@ def _new_irp(fo: FILE_OBJECT, major: int, process, reply: Reply, rid: int = 0, t
     irp.Tail.Overlay.Thread = tid
     irp.RequestorMode = 0 if process is None or process.is_system else 1
     irp.on_complete = _complete
-    irp.Tail.Overlay.DriverContext[3] = reply
+    irp.io_reply = reply
     loc = irp.Stack[0]
     loc.MajorFunction = major
     loc.FileObject = fo
@@ -120,7 +120,7 @@ def _send(irp: IRP) -> None:
         return
     if verifier.enabled and irp.CurrentLocation >= 0 and not (irp.Stack[irp.CurrentLocation].Control & irpc.SL_PENDING_RETURNED):
         verifier.violation(verifier.IRP_NOT_MARKED_PENDING, driver=dev.DriverObject, raise_it=False)
-    irp.Tail.Overlay.DriverContext[3].pending(irp)
+    irp.io_reply.pending(irp)
 
 
 def _dispatch_fault(irp: IRP, exc: Exception) -> int:
@@ -149,7 +149,7 @@ def _complete(irp: IRP) -> None:
     """IopCompleteRequest: runs once per IRP, in whatever thread completed it."""
     status = irp.IoStatus.Status & 0xFFFFFFFF
     info = irp.IoStatus.Information
-    kind = irp.Tail.Overlay.DriverContext[2]
+    kind = irp.io_kind
     data = b""
     if kind == _KIND_BUFFERED or kind == _KIND_DIRECT:
         n = irp.out_length
@@ -179,7 +179,7 @@ def _complete(irp: IRP) -> None:
         with proc.lock:
             proc.pending.discard(irp)
     ev = irp.user_event_obj
-    reply = irp.Tail.Overlay.DriverContext[3]
+    reply = irp.io_reply
     try:
         reply.complete(irp, status, info, data)
     finally:
@@ -263,7 +263,7 @@ def open_file(process, path: str, desired_access: int, share: int, disposition: 
     fo.granted = granted
     ob.reference(fo)  # the creator's reference, dropped below once the handle holds one
     irp = _new_irp(fo, IRP_MJ_CREATE, process, _CreateReply(reply, granted, False), rid, tid)
-    irp.Tail.Overlay.DriverContext[2] = _KIND_CREATE
+    irp.io_kind = _KIND_CREATE
     p = irp.Stack[0].Parameters
     p.SecurityContext = IO_SECURITY_CONTEXT(granted)
     p.ShareAccess = share
@@ -286,7 +286,7 @@ def _file_last_handle(fo: FILE_OBJECT, process) -> None:
     fo.cleaned_up = True
     w = Waiter()
     irp = _new_irp(fo, IRP_MJ_CLEANUP, process, w)
-    irp.Tail.Overlay.DriverContext[2] = _KIND_INTERNAL
+    irp.io_kind = _KIND_INTERNAL
     _send(irp)
     w.wait()
 
@@ -299,7 +299,7 @@ def _file_delete(fo: FILE_OBJECT) -> None:
             fo.closed = True
             w = Waiter()
             irp = _new_irp(fo, IRP_MJ_CLOSE, None, w)
-            irp.Tail.Overlay.DriverContext[2] = _KIND_CLOSE
+            irp.io_kind = _KIND_CLOSE
             with calling_driver(device.DriverObject):
                 _send_close(irp)
             w.wait()
@@ -423,13 +423,13 @@ def device_io_control(process, handle: int, code: int, in_data, out_length: int,
     p.OutputBufferLength = out_length
     irp.out_length = out_length
     if method == ioc.METHOD_NEITHER:
-        irp.Tail.Overlay.DriverContext[2] = _KIND_NEITHER
+        irp.io_kind = _KIND_NEITHER
         pid = process.pid
         p.InputBufferLength = len(in_data) if in_data is not None else 0
         p.Type3InputBuffer = UserAddress(in_addr, pid, p.InputBufferLength) if in_addr else None
         irp.UserBuffer = UserAddress(out_addr, pid, out_length) if out_addr else None
     elif method == ioc.METHOD_BUFFERED:
-        irp.Tail.Overlay.DriverContext[2] = _KIND_BUFFERED
+        irp.io_kind = _KIND_BUFFERED
         p.InputBufferLength = in_length
         size = max(in_length, out_length)
         if size:
@@ -437,7 +437,7 @@ def device_io_control(process, handle: int, code: int, in_data, out_length: int,
             buf[:in_length] = in_data
             irp.AssociatedIrp.SystemBuffer = buf
     else:
-        irp.Tail.Overlay.DriverContext[2] = _KIND_DIRECT
+        irp.io_kind = _KIND_DIRECT
         p.InputBufferLength = in_length
         if in_length:
             irp.AssociatedIrp.SystemBuffer = bytearray(in_data)
@@ -471,7 +471,7 @@ def read_file(process, handle: int, length: int, offset: int, buf_addr: int, eve
     p.ByteOffset = fo.CurrentByteOffset if offset < 0 else offset
     irp.out_length = length
     _attach_buffer(irp, fo, bytearray(length), buf_addr, process)
-    if user_buffer and buf_addr and irp.Tail.Overlay.DriverContext[2] != _KIND_NEITHER:
+    if user_buffer and buf_addr and irp.io_kind != _KIND_NEITHER:
         irp.copy_back = UserAddress(buf_addr, process.pid, length)
     _send(irp)
 
@@ -508,7 +508,7 @@ def write_file(process, handle: int, data, offset: int, buf_addr: int, event: in
     p.Length = len(buf)
     p.ByteOffset = fo.CurrentByteOffset if offset < 0 else offset
     _attach_buffer(irp, fo, buf, buf_addr, process)
-    irp.Tail.Overlay.DriverContext[2] = _KIND_INTERNAL  # a write copies nothing back
+    irp.io_kind = _KIND_INTERNAL  # a write copies nothing back
     _send(irp)
 
 
@@ -516,13 +516,13 @@ def _attach_buffer(irp: IRP, fo: FILE_OBJECT, buf: bytearray, addr: int, process
     flags = fo.DeviceObject.top_of_stack().Flags
     if flags & irpc.DO_BUFFERED_IO:
         irp.AssociatedIrp.SystemBuffer = buf
-        irp.Tail.Overlay.DriverContext[2] = _KIND_BUFFERED
+        irp.io_kind = _KIND_BUFFERED
     elif flags & irpc.DO_DIRECT_IO:
         irp.MdlAddress = mdl_for_buffer(buf)
-        irp.Tail.Overlay.DriverContext[2] = _KIND_DIRECT
+        irp.io_kind = _KIND_DIRECT
     else:
         irp.UserBuffer = UserAddress(addr, process.pid, len(buf)) if addr else None
-        irp.Tail.Overlay.DriverContext[2] = _KIND_NEITHER
+        irp.io_kind = _KIND_NEITHER
 
 
 def cancel_io(process, handle: int, tid: int, rid: int = 0, any_thread: bool = False) -> int:

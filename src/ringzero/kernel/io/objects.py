@@ -228,7 +228,11 @@ class _Associated:
         self.IrpCount = 0
 
 
-class _Overlay:
+class _Tail:
+    """Irp->Tail.Overlay: its fields live on this one object, which is also its
+    own `Overlay`.  DriverContext is the owning driver's, as on NT: the I/O
+    manager keeps nothing there."""
+
     __slots__ = ("Thread", "ListEntry", "DriverContext", "CurrentStackLocation")
 
     def __init__(self):
@@ -237,12 +241,9 @@ class _Overlay:
         self.DriverContext = [None, None, None, None]
         self.CurrentStackLocation = None
 
-
-class _Tail:
-    __slots__ = ("Overlay",)
-
-    def __init__(self):
-        self.Overlay = _Overlay()
+    @property
+    def Overlay(self):
+        return self
 
 
 class IRP:
@@ -255,12 +256,13 @@ class IRP:
     __slots__ = ("Type", "StackCount", "CurrentLocation", "Stack", "IoStatus", "AssociatedIrp", "MdlAddress",
                  "UserBuffer", "RequestorMode", "PendingReturned", "Cancel", "CancelIrql", "CancelRoutine",
                  "Flags", "Tail", "UserEvent", "completed", "process", "file", "rid", "tid", "overlapped",
-                 "on_complete", "reply_sent", "major", "user_event_obj", "out_length", "driver", "copy_back", "__weakref__")
+                 "on_complete", "reply_sent", "major", "user_event_obj", "out_length", "driver", "copy_back",
+                 "io_kind", "io_reply", "__weakref__")
 
     def __init__(self, StackSize: int):
         self.Type = 6
         self.StackCount = StackSize
-        self.Stack = [IO_STACK_LOCATION() for _ in range(StackSize)]
+        self.Stack = [IO_STACK_LOCATION()] if StackSize == 1 else [IO_STACK_LOCATION() for _ in range(StackSize)]
         self.CurrentLocation = -1   # index into Stack; -1 until IoCallDriver
         self.IoStatus = IO_STATUS_BLOCK()
         self.AssociatedIrp = _Associated()
@@ -287,4 +289,6 @@ class IRP:
         self.out_length = 0
         self.driver = None
         self.copy_back = None       # the program's buffer the copy-back goes straight into (a UserAddress)
+        self.io_kind = 0            # the I/O manager's: how the buffers were passed (file.py's _KIND_*)
+        self.io_reply = None        # the I/O manager's: where the answer goes (a file.Reply)
 
