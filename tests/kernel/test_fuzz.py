@@ -119,6 +119,8 @@ class _Session:
 
 
 def test_mutated_frames_from_a_valid_session(kernel, capsys):
+    with capsys.disabled():
+        print(f"\nfuzz: seed {SEED} (RINGZERO_FUZZ_SEED={SEED} replays it)")
     kernel.load(RECORDER, "Recorder")
     info = client.connection().call("kernel.info")
     base_processes = info["processes"]
@@ -161,7 +163,7 @@ def test_mutated_frames_from_a_valid_session(kernel, capsys):
     # nothing the fuzzer sent reached a bug of the kernel's own
     kernel_bugs = [r["text"] for r in client.connection().call("dbg.recent", count=4096)
                    if r["level"] == "fault" and r["source"] == "kernel" and "exception in" in r["text"]]
-    assert kernel_bugs == []
+    assert kernel_bugs == [], "\n".join(kernel_bugs)
     with capsys.disabled():
-        print(f"\nfuzz (seed {SEED}): {cases} mutated cases over {sessions} connections, "
+        print(f"fuzz (seed {SEED}): {cases} mutated cases over {sessions} connections, "
               f"{hangups} disconnected by the kernel, kernel crashes 0, processes left 0")

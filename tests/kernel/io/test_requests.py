@@ -297,3 +297,16 @@ def test_driver_fault_fails_the_irp_and_the_kernel_goes_on(rec):
     assert "ZeroDivisionError" in rec.log()
     assert win32file.DeviceIoControl(h, R.IOCTL_WHOAMI, None, 16)
     h.Close()
+
+
+def test_a_file_handle_can_be_waited_on_again_and_again(rec):
+    """A wait on a file handle waits on the file object's event, which lives
+    as long as the file object: waiting again after a wait ended is fine."""
+    h = open_rec()
+    for _ in range(3):
+        assert win32event.WaitForSingleObject(h, 0) in (win32event.WAIT_OBJECT_0, win32event.WAIT_TIMEOUT)
+    assert win32event.WaitForMultipleObjects([h, h], False, 0) in (win32event.WAIT_OBJECT_0,
+                                                                    win32event.WAIT_TIMEOUT)
+    h.Close()
+    faults = [r["text"] for r in rec.call("dbg.recent", count=4096) if r["level"] == "fault"]
+    assert faults == []

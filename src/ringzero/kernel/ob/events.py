@@ -129,11 +129,13 @@ def wait_for_handles(process, handles: list[int], wait_all: bool, timeout_ms: in
     the handles opened with SYNCHRONIZE.  No kernel thread waits: on_done(status)
     runs when the wait ends, and the wait block is returned (None if a check
     failed at once, after on_done got the error)."""
-    status, objs = _waitable(process, handles, wait_all)
+    status, objs, owners = _waitable(process, handles, wait_all)
     if objs is None:
         on_done(status)
         return None
-    refs = [ob.reference(o) for o in objs]
+    # the wait holds the objects the handles name (a file object, not the
+    # event inside it, which lives and dies with its file object)
+    refs = [ob.reference(o) for o in owners]
 
     def done(status, refs=refs):
         for o in refs:
@@ -145,25 +147,27 @@ def wait_for_handles(process, handles: list[int], wait_all: bool, timeout_ms: in
 
 
 def _waitable(process, handles: list[int], wait_all: bool):
-    """(status, dispatcher objects), objects None when a check fails."""
+    """(status, dispatcher objects, the objects the handles name); both lists
+    None when a check fails."""
     if not 0 < len(handles) <= ke.MAXIMUM_WAIT_OBJECTS:
-        return st.STATUS_INVALID_PARAMETER, None
+        return st.STATUS_INVALID_PARAMETER, None, None
     if wait_all and len(set(handles)) != len(handles):
-        return st.STATUS_INVALID_PARAMETER_MIX, None
-    objs = []
+        return st.STATUS_INVALID_PARAMETER_MIX, None, None
+    objs, owners = [], []
     for h in handles:
         try:
             e = process.handles.get(h)
         except HandleError as err:
-            return err.status, None
+            return err.status, None, None
         obj = e.obj
         if not e.access & acc.SYNCHRONIZE:
-            return st.STATUS_ACCESS_DENIED, None
+            return st.STATUS_ACCESS_DENIED, None, None
         disp = obj if isinstance(obj, ke.DispatcherObject) else getattr(obj, "dispatcher", None)
         if not isinstance(disp, ke.DispatcherObject):
-            return st.STATUS_OBJECT_TYPE_MISMATCH, None
+            return st.STATUS_OBJECT_TYPE_MISMATCH, None, None
         objs.append(disp)
-    return st.STATUS_SUCCESS, objs
+        owners.append(obj)
+    return st.STATUS_SUCCESS, objs, owners
 
 
 def duplicate_handle(process, handle: int, desired: int, same_access: bool) -> tuple[int, int]:
