@@ -27,7 +27,7 @@ class StandIn:
         self.first = threading.Event()
         self.after_each = None
 
-    def _dispatch(self, frame):
+    def serve(self, frame):
         self.served += 1
         self.first.set()
         if self.after_each is not None:
@@ -68,3 +68,39 @@ def test_a_ring_that_is_never_empty_does_not_starve_one_that_rings_later():
         poller.stop()
         for ch in poller.channels.values():
             ch.close()
+
+
+def test_a_kernel_bug_in_a_request_is_an_answer_not_a_hang(monkeypatch):
+    """ProgramConnection.serve: an exception out of the kernel's own dispatch is
+    logged with its traceback and the request is answered STATUS_INTERNAL_ERROR;
+    a payload too short for its kind stays the program's protocol error."""
+    import socket
+
+    import pytest
+
+    from ringzero.kernel import dbg
+    from ringzero.kernel.host import ProgramConnection
+    from ringzero.nt import status as st
+
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        conn = ProgramConnection(SimpleNamespace(max_payload=wire.DEFAULT_MAX_PAYLOAD), ours)
+
+        def broken(frame):
+            raise KeyError("a bug of ours")
+
+        monkeypatch.setattr(conn, "_dispatch", broken)
+        conn.serve(wire.Frame(wire.Kind.DEVICE_IO_CONTROL, rid=77))
+        theirs.settimeout(10)
+        reply = theirs.recv(1 << 16)
+        length, kind, _, _, _, rid = wire.HEADER.unpack_from(reply)
+        assert (kind, rid) == (wire.Kind.REPLY, 77)
+        assert wire.REPLY.unpack_from(reply, wire.HEADER_SIZE)[0] == st.STATUS_INTERNAL_ERROR
+        assert any("a bug of ours" in r.text and r.level == "fault" for r in dbg.recent(64))
+
+        monkeypatch.setattr(conn, "_dispatch", lambda f: struct.unpack_from("<Q", b"1"))
+        with pytest.raises(wire.RemoteProtocolError, match="truncated"):
+            conn.serve(wire.Frame(wire.Kind.CLOSE_HANDLE, rid=78))
+    finally:
+        ours.close()
+        theirs.close()

@@ -304,9 +304,7 @@ class ProgramConnection:
                     raise wire.RemoteProtocolError(f"{Kind(frame.kind).name} may not carry descriptors")
                 self.dispatching.add(me)
                 try:
-                    self._dispatch(frame)
-                except struct.error as e:  # a payload shorter than its kind's fixed part
-                    raise wire.RemoteProtocolError(f"truncated {Kind(frame.kind).name} payload ({e})") from None
+                    self.serve(frame)
                 finally:
                     self.dispatching.discard(me)
                 if self.reader_token is not token:
@@ -322,6 +320,22 @@ class ProgramConnection:
             self.rundown()
 
     # -- dispatch ---------------------------------------------------------------------
+
+    def serve(self, f: wire.Frame) -> None:
+        """Dispatch one request.  A payload too short for its kind is the
+        program's protocol error (raised); an exception that is a bug of the
+        kernel's own is logged with its traceback and the request fails with
+        STATUS_INTERNAL_ERROR, so the program gets an answer, not a hang."""
+        try:
+            self._dispatch(f)
+        except struct.error as e:
+            raise wire.RemoteProtocolError(f"truncated {Kind(f.kind).name} payload ({e})") from None
+        except wire.ProtocolError:
+            raise
+        except Exception as e:
+            dbg.fault(f"{Kind(f.kind).name} request of pid {self.process.pid if self.process else '?'}", e)
+            if f.kind not in (Kind.HELLO, Kind.UPCALL_REPLY):
+                self._reply(f.rid, st.STATUS_INTERNAL_ERROR)
 
     def _dispatch(self, f: wire.Frame) -> None:
         kind = f.kind

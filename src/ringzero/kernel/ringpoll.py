@@ -225,7 +225,7 @@ class Poller:
                 frame = wire.decode_ring_frame(data, wire.Role.KERNEL, conn.host.max_payload)
                 conn.dispatching.add(me)
                 try:
-                    conn._dispatch(frame)
+                    conn.serve(frame)
                 finally:
                     conn.dispatching.discard(me)
                     current.process = proc
