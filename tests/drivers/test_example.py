@@ -592,6 +592,21 @@ def test_usedriver3_follow_prints_as_data_arrives_until_interrupted(ex):
     assert query(h).PendingReads == 0
 
 
+def test_usedriver3_follow_stops_on_ctrl_c_whenever_it_comes(ex):
+    """Ctrl-C as the reader starts, or while it prints, finds no read to
+    cancel yet; it still stops cleanly."""
+    h = pipe("HELLO")
+    for burst in (0, 3):
+        r = sample(ex, "usedriver3", "HELLO", "--follow", stdin=subprocess.DEVNULL)
+        assert "Ctrl-C stops" in r.stderr.readline()
+        for i in range(burst):
+            win32file.WriteFile(h, b"%d\n" % i)
+        r.send_signal(signal.SIGINT)
+        assert r.wait(30) == 0, r.stderr.read()
+        assert wait_until(lambda: query(h).ReferenceCount == 1)
+        win32file.ReadFile(h, 4096)         # what it did not get to read
+
+
 def test_the_demo_scene(ex):
     r = ex.run('''
         from rich.console import Console

@@ -17,7 +17,7 @@ import click
 from ringzero.drivers.example_ioctl import EXAMPLE_BLOCKING_READS, IOCTL_EXAMPLE_SET_BLOCKING
 from ringzero.samples.example_pipe import pipe_path, run_on_pipe
 from ringzero.win32 import pywintypes, win32file
-from ringzero.win32.winerror import ERROR_OPERATION_ABORTED
+from ringzero.win32.winerror import ERROR_NOT_FOUND, ERROR_OPERATION_ABORTED
 
 PROG = "usedriver3"
 READ_SIZE = 64 * 1024
@@ -33,10 +33,11 @@ def _follow(h, name: str) -> None:
     cancels the pending one with CancelIoEx, as a Windows console program would."""
     win32file.DeviceIoControl(h, IOCTL_EXAMPLE_SET_BLOCKING, struct.pack("<I", EXAMPLE_BLOCKING_READS), 0)
     failure: list = []
+    stop = threading.Event()
 
     def reader() -> None:
         try:
-            while True:
+            while not stop.is_set():
                 _show(win32file.ReadFile(h, READ_SIZE)[1])
         except pywintypes.error as e:
             if e.winerror != ERROR_OPERATION_ABORTED:
@@ -49,8 +50,16 @@ def _follow(h, name: str) -> None:
         while t.is_alive():
             t.join(0.5)
     except KeyboardInterrupt:
-        win32file.CancelIoEx(h)
-        t.join()
+        stop.set()
+        while t.is_alive():
+            # the reader may be between two reads: then there is nothing to
+            # cancel yet (ERROR_NOT_FOUND), and the next try finds its read
+            try:
+                win32file.CancelIoEx(h)
+            except pywintypes.error as e:
+                if e.winerror != ERROR_NOT_FOUND:
+                    raise
+            t.join(0.05)
     if failure:
         raise failure[0]
 
