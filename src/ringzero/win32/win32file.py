@@ -212,10 +212,12 @@ def WriteFile(hFile, data, overlapped=None):
         payload = wire.WRITE.pack(_h(hFile), offset, addr, event)
         flags = 0
     if overlapped is not None:
-        if _start(conn, Kind.WRITE_FILE, payload, overlapped, "WriteFile", keep=keep, flags=flags, body=body):
+        # `keep` lives until the reply: a driver may read the buffer while the write is pending
+        if _start(conn, Kind.WRITE_FILE, payload, overlapped, "WriteFile", keep=keep, flags=flags, body=body,
+                  pin=keep):
             return ERROR_IO_PENDING, 0
         return 0, overlapped.InternalHigh
-    status, info, _ = conn.request(Kind.WRITE_FILE, payload, flags, body=body)
+    status, info, _ = conn.request(Kind.WRITE_FILE, payload, flags, body=body, keep=keep)
     del keep
     if st.NT_ERROR(status):
         _fail(status, "WriteFile")
