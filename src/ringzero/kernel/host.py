@@ -31,7 +31,7 @@ from ringzero.kernel.context import current
 from ringzero.kernel.io import file as iofile
 from ringzero.kernel.ke import dispatcher as ke
 from ringzero.kernel.mm import mdl as mm_mdl
-from ringzero.kernel.mm.user import NtException, read_process
+from ringzero.kernel.mm.user import NtException, read_process, unwatch_process, watch_process
 from ringzero.kernel.ob import events as obev
 from ringzero.kernel.ob import object as ob
 from ringzero.kernel.ob.handles import release_entry
@@ -475,6 +475,7 @@ class ProgramConnection:
                         handle_limit=self.host.handle_limit)
         proc.connection = self
         ob.reference(proc)   # the process table's reference, dropped at rundown (drivers may look it up)
+        watch_process(pid)
         self.process = proc
         current.process = proc
         with sysm.lock:
@@ -548,6 +549,7 @@ class ProgramConnection:
                 with system.get().lock:
                     system.get().processes.pop(getattr(proc, "key", proc.pid), None)
                 ob.dereference(proc)
+                unwatch_process(proc.pid)
                 for cb in list(self.host.exit_callbacks):
                     try:
                         cb(proc)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import signal
+import threading
 
 from ringzero.nt import status as st
 
@@ -56,16 +58,60 @@ def _check_range(address: int, length: int, what: str) -> None:
         raise AccessViolation(address, length, what)
 
 
+# pid -> [pidfd, connections]: the programs connected now.  A copy to or from
+# one of them first checks, through the pidfd, that the process the pid named
+# when it connected is still alive, so a pid reused after a program died (and
+# before its rundown) is never read or written in its place.
+_watched: dict[int, list[int]] = {}
+_watch_lock = threading.Lock()
+
+
+def watch_process(pid: int) -> None:
+    """A program with this pid connected (the host calls it; see _watched)."""
+    with _watch_lock:
+        entry = _watched.get(pid)
+        if entry is not None:
+            entry[1] += 1
+            return
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError:
+            fd = -1        # gone already, or no pidfds here: copies fail or go unchecked
+        _watched[pid] = [fd, 1]
+
+
+def unwatch_process(pid: int) -> None:
+    with _watch_lock:
+        entry = _watched.get(pid)
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] == 0:
+            del _watched[pid]
+            if entry[0] >= 0:
+                os.close(entry[0])
+
+
+def _same_process(pid: int) -> bool:
+    with _watch_lock:
+        entry = _watched.get(pid)
+        if entry is None or entry[0] < 0:
+            return True
+        try:
+            signal.pidfd_send_signal(entry[0], 0)
+        except ProcessLookupError:
+            return False
+        except OSError:
+            pass           # not ours to signal: still alive
+        return True
+
+
 def read_process(pid: int, address: int, length: int) -> bytes:
     if length == 0:
         return b""
     _check_range(address, length, "read")
     buf = ctypes.create_string_buffer(length)
-    local = _iovec(ctypes.cast(buf, ctypes.c_void_p), length)
-    remote = _iovec(address, length)
-    n = _libc.process_vm_readv(pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
-    if n != length:
-        raise AccessViolation(address, length, "read")
+    _vm_copy(_libc.process_vm_readv, "read", pid, address, ctypes.addressof(buf), length)
     return buf.raw
 
 
@@ -75,11 +121,7 @@ def write_process(pid: int, address: int, data) -> None:
         return
     _check_range(address, len(data), "write")
     buf = ctypes.create_string_buffer(data, len(data))
-    local = _iovec(ctypes.cast(buf, ctypes.c_void_p), len(data))
-    remote = _iovec(address, len(data))
-    n = _libc.process_vm_writev(pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
-    if n != len(data):
-        raise AccessViolation(address, len(data), "write")
+    _vm_copy(_libc.process_vm_writev, "write", pid, address, ctypes.addressof(buf), len(data))
 
 
 def _buffer_address(buf) -> tuple[int, object]:
@@ -90,6 +132,8 @@ def _buffer_address(buf) -> tuple[int, object]:
 
 
 def _vm_copy(call, what: str, pid: int, address: int, local_addr: int, length: int) -> None:
+    if not _same_process(pid):
+        raise AccessViolation(address, length, what + " (the program has exited)")
     local = _iovec(local_addr, length)
     remote = _iovec(address, length)
     if call(pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0) != length:
