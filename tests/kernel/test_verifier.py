@@ -164,6 +164,24 @@ def test_after_fault_limit_faults_the_driver_refuses_new_opens(tmp_path, monkeyp
         k.stop()
 
 
+def test_a_violation_the_io_manager_repairs_is_a_fault_too(tmp_path, monkeypatch):
+    """A dispatch routine that neither completes nor pends its IRP is logged and
+    repaired, not raised; it still counts toward --fault-limit."""
+    k = _kernel_with(tmp_path, monkeypatch, "--fault-limit", "2")
+    try:
+        h = win32file.CreateFile(r"\\.\Misbehave", win32con.GENERIC_READ, 0, None, win32con.OPEN_EXISTING, 0, None)
+        for _ in range(2):
+            assert win32file.DeviceIoControl(h, M.IOCTL_NOT_COMPLETED, None, 0) == b""
+        info = client.connection().call("driver.counters", service="misbehave")
+        assert info["faults"] == 2 and info["faulted"]
+        with pytest.raises(pywintypes.error) as e:
+            win32file.CreateFile(r"\\.\Misbehave", win32con.GENERIC_READ, 0, None, win32con.OPEN_EXISTING, 0, None)
+        assert e.value.winerror == winerror.ERROR_IO_DEVICE
+        h.Close()
+    finally:
+        k.stop()
+
+
 def test_without_a_fault_limit_a_driver_is_never_marked_faulted(mis):
     h = open_dev()
     for _ in range(5):

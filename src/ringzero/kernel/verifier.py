@@ -42,5 +42,7 @@ def violation(code: str, detail: str = "", driver=None, raise_it: bool = True) -
     if drv is not None:
         drv.counters["verifier"] = drv.counters.get("verifier", 0) + 1
     if raise_it:
-        raise err
+        raise err          # a fault where it is caught, like any exception of the driver's
+    if drv is not None:
+        drv.note_fault()   # the I/O manager repaired it, but it is a fault all the same
     return err
