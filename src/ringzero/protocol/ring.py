@@ -5,8 +5,10 @@ single-producer, single-consumer byte rings of wire frames (the same bytes the
 socket carries): requests (program -> kernel) and responses (kernel -> program).
 Each side spins briefly on the ring it consumes and then sleeps on an eventfd
 that the producer writes after every frame, so an idle program costs nothing
-and a busy one never enters the kernel to wait.  Large frames, and frames that
-carry descriptors, still go through the socket.
+and a busy one never enters the kernel to wait.  A frame may take up to half a
+ring; larger frames, and frames that carry descriptors, go through the socket
+(reads and writes that large usually leave their data in the program's buffer
+instead: see wire.FLAG_USER_BUFFER).
 
 Layout (native-endian u64 counters, each on its own cache line):
 
