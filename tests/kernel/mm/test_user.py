@@ -12,6 +12,17 @@ import pytest
 from ringzero.kernel.mm import user
 
 
+def _pidfds() -> bool:
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+        return True
+    except OSError:
+        return False
+
+
+needs_pidfds = pytest.mark.skipif(not _pidfds(), reason="this Linux has no pidfd_open (5.3 and later have it)")
+
+
 def test_copies_reach_this_process_and_bad_addresses_are_access_violations():
     here = ctypes.create_string_buffer(b"0123456789", 10)
     pid = os.getpid()
@@ -27,6 +38,7 @@ def test_copies_reach_this_process_and_bad_addresses_are_access_violations():
             user.read_process(pid, address, 4)
 
 
+@needs_pidfds
 def test_a_pid_whose_program_has_exited_is_not_read_or_written():
     """What a pid reused after a program's death looks like to the kernel: the
     pid it watches names a live process, but not the one that connected."""
@@ -48,6 +60,7 @@ def test_a_pid_whose_program_has_exited_is_not_read_or_written():
     assert user.read_process(me, ctypes.addressof(here), 6) == b"secret"     # unwatched: no check
 
 
+@needs_pidfds
 def test_watching_counts_connections_of_one_pid():
     me = os.getpid()
     user.watch_process(me)
