@@ -28,7 +28,7 @@ import time
 from ringzero import paths
 from ringzero.protocol import ring as rings
 from ringzero.protocol import wire
-from ringzero.protocol.wire import Kind
+from ringzero.protocol.wire import K
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _libc.mmap.restype = ctypes.c_void_p
@@ -53,6 +53,9 @@ ENV_RING = "RINGZERO_RING"   # "0" keeps a program on the socket path
 SOCKET_INLINE_LIMIT = 64 * 1024
 RING_FIXED_PART = 64        # room for any request's or reply's fixed fields
 ENV_USER_BUFFERS = "RINGZERO_USER_BUFFERS"   # "0": read and write data always travel in the frames
+
+
+_PROGRAM = wire.Role.PROGRAM
 
 
 class KernelNotRunning(ConnectionError):
@@ -129,7 +132,7 @@ class Connection:
         probe = bytearray(os.urandom(8))
         owner = ctypes.c_char.from_buffer(probe)
         payload = wire.OFFER_MEMORY.pack(ctypes.addressof(owner), int.from_bytes(probe, "little"))
-        status, _, _ = self.request(Kind.OFFER_MEMORY, payload)
+        status, _, _ = self.request(K.OFFER_MEMORY, payload)
         del owner
         self.user_buffers = status == STATUS_SUCCESS
 
@@ -146,7 +149,7 @@ class Connection:
             rid = next(self._rid)
             slot = _Slot()
             self._slots[rid] = slot
-            frame = wire.Frame(Kind.ATTACH_RING, rid, b"", fds=[fd, self._req_efd, self._resp_efd])
+            frame = wire.Frame(K.ATTACH_RING, rid, b"", fds=[fd, self._req_efd, self._resp_efd])
             self._send(wire.encode(frame), frame.fds)
         finally:
             os.close(fd)
@@ -206,7 +209,7 @@ class Connection:
         return slot.status, slot.info, slot.data
 
     def call(self, method: str, **args):
-        status, _, data = self.request(Kind.CALL, json.dumps({"method": method, "args": args}).encode())
+        status, _, data = self.request(K.CALL, json.dumps({"method": method, "args": args}).encode())
         body = json.loads(data or b"{}")
         if status & 0xC0000000 == 0xC0000000:
             raise CallFailed(status, body.get("message", ""), body.get("winerror"))
@@ -274,13 +277,13 @@ class Connection:
                 if view is None:
                     return got
                 # delivered where it lies: _deliver copies what it keeps
-                f = wire.decode_ring_frame(view, wire.Role.PROGRAM)
+                f = wire.decode_ring_frame(view, _PROGRAM)
             except wire.ProtocolError as e:
                 self._broken()
                 raise KernelGone(f"the response ring is corrupt: {e}") from None
             got = True
             try:
-                if f.kind == Kind.SOCKET_HINT:
+                if f.kind == K.SOCKET_HINT:
                     # a frame the kernel sent by the socket; it may have been read already
                     self._hints += 1
                     while self._socket_frames < self._hints:
@@ -323,7 +326,7 @@ class Connection:
 
     def _deliver(self, f: wire.Frame) -> None:
         kind = f.kind
-        if kind == Kind.REPLY:
+        if kind == K.REPLY:
             slot = self._slots.pop(f.rid, None)
             if slot is None:
                 return
@@ -338,29 +341,29 @@ class Connection:
             with self._cv:
                 slot.done = True
                 self._cv.notify_all()
-        elif kind == Kind.PENDING:
+        elif kind == K.PENDING:
             slot = self._slots.get(f.rid)
             if slot is not None:
                 with self._cv:
                     slot.pending = True
                     self._cv.notify_all()
-        elif kind == Kind.PUSH:
+        elif kind == K.PUSH:
             slot = self._slots.get(f.rid)
             if slot is not None and slot.push is not None:
                 with self._cv:
                     slot.push.append(bytes(f.payload))
                     self._cv.notify_all()
-        elif kind == Kind.MAP_VIEW:
+        elif kind == K.MAP_VIEW:
             self._map_view(f)
-        elif kind == Kind.UNMAP_VIEW:
+        elif kind == K.UNMAP_VIEW:
             addr, length = wire.UNMAP_VIEW.unpack_from(f.payload)
             status = STATUS_INVALID_PARAMETER
             if self._views.get(addr) == length:
                 del self._views[addr]
                 status = STATUS_SUCCESS if _libc.munmap(addr, length) == 0 else STATUS_INVALID_PARAMETER
-            self._send(wire.HEADER.pack(wire.UPCALL_REPLY.size, Kind.UPCALL_REPLY, 0, 0, 0, f.rid)
+            self._send(wire.HEADER.pack(wire.UPCALL_REPLY.size, K.UPCALL_REPLY, 0, 0, 0, f.rid)
                        + wire.UPCALL_REPLY.pack(status, 0))
-        elif kind == Kind.WELCOME:
+        elif kind == K.WELCOME:
             self._welcome = f
 
     def _map_view(self, f: wire.Frame) -> None:
@@ -375,7 +378,7 @@ class Connection:
                 status = STATUS_NO_MEMORY
         for fd in f.fds:
             os.close(fd)
-        self._send(wire.HEADER.pack(wire.UPCALL_REPLY.size, Kind.UPCALL_REPLY, 0, 0, 0, f.rid)
+        self._send(wire.HEADER.pack(wire.UPCALL_REPLY.size, K.UPCALL_REPLY, 0, 0, 0, f.rid)
                    + wire.UPCALL_REPLY.pack(status, addr))
 
     def _broken(self) -> None:

@@ -38,7 +38,7 @@ from ringzero.kernel.ob.handles import release_entry
 from ringzero.kernel.ps.process import EPROCESS
 from ringzero.nt import status as st
 from ringzero.protocol import wire
-from ringzero.protocol.wire import Kind
+from ringzero.protocol.wire import K, Kind
 
 log = logging.getLogger("ringzero.kernel")
 
@@ -47,9 +47,9 @@ BIG_RECV_SIZE = 256 * 1024  # while a large frame is arriving
 SEND_TIMEOUT = 10.0
 RUNDOWN_CANCEL_WAIT = 5.0
 _UPCALL_RID = itertools.count(1 << 62)
-_HINT = wire.HEADER.pack(0, Kind.SOCKET_HINT, 0, 0, 0, 0)
+_HINT = wire.HEADER.pack(0, K.SOCKET_HINT, 0, 0, 0, 0)
 _ANC_SPACE = socket.CMSG_SPACE(wire.MAX_FDS * 4)
-_IRP_KINDS = frozenset((Kind.DEVICE_IO_CONTROL, Kind.READ_FILE, Kind.WRITE_FILE, Kind.CREATE_FILE))
+_IRP_KINDS = frozenset((K.DEVICE_IO_CONTROL, K.READ_FILE, K.WRITE_FILE, K.CREATE_FILE))
 
 calls: dict[str, object] = {}   # CALL method name -> fn(conn, args) -> result
 
@@ -92,7 +92,7 @@ class _Req(iofile.Reply):
         conn = self.conn
         with conn.send_lock:
             if not irp.reply_sent:
-                conn._send_locked(wire.encode(wire.Frame(Kind.PENDING, self.rid)))
+                conn._send_locked(wire.encode(wire.Frame(K.PENDING, self.rid)))
 
 
 def _fds_of(anc) -> list[int]:
@@ -243,13 +243,13 @@ class ProgramConnection:
         return slot[1], slot[2]
 
     def map_view(self, fd: int, length: int, offset: int) -> int:
-        status, address = self._upcall(Kind.MAP_VIEW, wire.MAP_VIEW.pack(length, offset, 3), [fd])
+        status, address = self._upcall(K.MAP_VIEW, wire.MAP_VIEW.pack(length, offset, 3), [fd])
         if not st.NT_SUCCESS(status):
             raise NtException(status, f"the program could not map the view ({st.status_name(status)})")
         return address
 
     def unmap_view(self, address: int, length: int) -> None:
-        self._upcall(Kind.UNMAP_VIEW, wire.UNMAP_VIEW.pack(address, length))
+        self._upcall(K.UNMAP_VIEW, wire.UNMAP_VIEW.pack(address, length))
 
     # -- the reader ---------------------------------------------------------------
 
@@ -298,7 +298,7 @@ class ProgramConnection:
                         break
                     proto.receive_data(view[:n], fds)
                     continue
-                if frame.fds and frame.kind != Kind.ATTACH_RING:
+                if frame.fds and frame.kind != K.ATTACH_RING:
                     for fd in frame.fds:
                         os.close(fd)
                     raise wire.RemoteProtocolError(f"{Kind(frame.kind).name} may not carry descriptors")
@@ -334,12 +334,12 @@ class ProgramConnection:
             raise
         except Exception as e:
             dbg.fault(f"{Kind(f.kind).name} request of pid {self.process.pid if self.process else '?'}", e)
-            if f.kind not in (Kind.HELLO, Kind.UPCALL_REPLY):
+            if f.kind not in (K.HELLO, K.UPCALL_REPLY):
                 self._reply(f.rid, st.STATUS_INTERNAL_ERROR)
 
     def _dispatch(self, f: wire.Frame) -> None:
         kind = f.kind
-        if kind == Kind.HELLO:
+        if kind == K.HELLO:
             self._hello()
             return
         proc = self.process
@@ -350,18 +350,18 @@ class ProgramConnection:
         if kind in _IRP_KINDS and self.host.pending_limit and len(proc.pending) >= self.host.pending_limit:
             self._reply(rid, st.STATUS_INSUFFICIENT_RESOURCES)
             return
-        if kind == Kind.DEVICE_IO_CONTROL:
+        if kind == K.DEVICE_IO_CONTROL:
             h, code, in_len, out_len, in_addr, out_addr, event = wire.IOCTL.unpack_from(p)
             data = p[wire.IOCTL.size:]
             in_data = data[:in_len]
             out_data = data[in_len:] if len(data) > in_len else None
             iofile.device_io_control(proc, h, code, in_data, out_len, in_addr, out_addr, event, _Req(self, rid),
                                      rid, f.tid, bool(f.flags & wire.FLAG_OVERLAPPED), out_data)
-        elif kind == Kind.READ_FILE:
+        elif kind == K.READ_FILE:
             h, length, offset, addr, event = wire.READ.unpack_from(p)
             iofile.read_file(proc, h, length, offset, addr, event, _Req(self, rid), rid, f.tid,
                              bool(f.flags & wire.FLAG_OVERLAPPED), self._user_buffer(f.flags))
-        elif kind == Kind.WRITE_FILE:
+        elif kind == K.WRITE_FILE:
             h, offset, addr, event = wire.WRITE.unpack_from(p)
             if self._user_buffer(f.flags):
                 (length,) = wire.WRITE_LENGTH.unpack_from(p, wire.WRITE.size)
@@ -371,48 +371,48 @@ class ProgramConnection:
                 length = len(data)
             iofile.write_file(proc, h, data, offset, addr, event, _Req(self, rid), rid, f.tid,
                               bool(f.flags & wire.FLAG_OVERLAPPED), length)
-        elif kind == Kind.CREATE_FILE:
+        elif kind == K.CREATE_FILE:
             access, share, disp, flags, nlen = wire.CREATE_FILE.unpack_from(p)
             name = bytes(p[wire.CREATE_FILE.size:wire.CREATE_FILE.size + nlen]).decode("utf-8", "replace")
             iofile.open_file(proc, name, access, share, disp, flags, _Req(self, rid), rid, f.tid)
-        elif kind == Kind.CLOSE_HANDLE:
+        elif kind == K.CLOSE_HANDLE:
             (h,) = wire.HANDLE.unpack_from(p)
             self._reply(rid, iofile.close_handle(proc, h))
-        elif kind == Kind.WAIT:
+        elif kind == K.WAIT:
             wait_all, _alertable, count, timeout = wire.WAIT.unpack_from(p)
             handles = list(struct.unpack_from(f"<{count}Q", p, wire.WAIT.size))
             self._wait(rid, handles, bool(wait_all), timeout)
-        elif kind == Kind.EVENT_OP:
+        elif kind == K.EVENT_OP:
             h, op = wire.EVENT_OP.unpack_from(p)
             status, prev = obev.event_op(proc, h, op)
             self._reply(rid, status, prev)
-        elif kind == Kind.CREATE_EVENT:
+        elif kind == K.CREATE_EVENT:
             manual, initial, _, access = wire.CREATE_EVENT.unpack_from(p)
             name = bytes(p[wire.CREATE_EVENT.size:]).decode("utf-8", "replace") or None
             status, h = obev.create_event(proc, bool(manual), bool(initial), name, access)
             self._reply(rid, status, h)
-        elif kind == Kind.OPEN_EVENT:
+        elif kind == K.OPEN_EVENT:
             access, _inherit = wire.OPEN_EVENT.unpack_from(p)
             status, h = obev.open_event(proc, bytes(p[wire.OPEN_EVENT.size:]).decode("utf-8", "replace"), access)
             self._reply(rid, status, h)
-        elif kind == Kind.CANCEL_IO:
+        elif kind == K.CANCEL_IO:
             h, target = wire.CANCEL.unpack_from(p)
             any_thread = bool(f.flags & wire.FLAG_OVERLAPPED)
             self._reply(rid, iofile.cancel_io(proc, h, f.tid, target, any_thread))
-        elif kind == Kind.DUPLICATE_HANDLE:
+        elif kind == K.DUPLICATE_HANDLE:
             h, access = wire.DUPLICATE.unpack_from(p)
             status, nh = obev.duplicate_handle(proc, h, access, access == 0)
             self._reply(rid, status, nh)
-        elif kind == Kind.UPCALL_REPLY:
+        elif kind == K.UPCALL_REPLY:
             slot = self.upcalls.get(rid)
             if slot is not None:
                 slot[1], slot[2] = wire.UPCALL_REPLY.unpack_from(p)
                 ke.KeSetEvent(slot[0])
-        elif kind == Kind.CALL:
+        elif kind == K.CALL:
             self._call(rid, p)
-        elif kind == Kind.ATTACH_RING:
+        elif kind == K.ATTACH_RING:
             self._attach_ring(rid, f.fds)
-        elif kind == Kind.OFFER_MEMORY:
+        elif kind == K.OFFER_MEMORY:
             self._reply(rid, self._offer_memory(p))
         else:
             raise wire.RemoteProtocolError(f"{Kind(kind).name} is not a request")

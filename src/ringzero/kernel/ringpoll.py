@@ -24,6 +24,7 @@ from ringzero.kernel.ke import dispatcher as ke
 from ringzero.protocol import ring as rings
 from ringzero.protocol import wire
 
+_KERNEL = wire.Role.KERNEL
 SPIN_SECONDS = 200e-6
 SCAN_SECONDS = 500e-6     # while busy, how often to look for other programs' doorbells
 MAX_BATCH = 64
@@ -222,7 +223,7 @@ class Poller:
                 data = ch.req.get()
                 if data is None:
                     return
-                frame = wire.decode_ring_frame(data, wire.Role.KERNEL, conn.host.max_payload)
+                frame = wire.decode_ring_frame(data, _KERNEL, conn.host.max_payload)
                 conn.dispatching.add(me)
                 try:
                     conn.serve(frame)
