@@ -7,13 +7,13 @@ import os
 
 from ringzero import client
 from ringzero.protocol import wire
-from ringzero.protocol.wire import Kind
+from ringzero.protocol.wire import K
 from ringzero.win32 import pywintypes
 from ringzero.win32.winerror import format_message
 
 
 def CloseHandle(handle) -> None:
-    status, _, _ = client.connection().request(Kind.CLOSE_HANDLE, wire.HANDLE.pack(int(handle)))
+    status, _, _ = client.connection().request(K.CLOSE_HANDLE, wire.HANDLE.pack(int(handle)))
     if status:
         pywintypes.raise_status(status, "CloseHandle")
 
@@ -39,7 +39,7 @@ def DuplicateHandle(hSourceProcess, hSource, hTargetProcess, desiredAccess: int,
     """Within this process only (the source and target process are ours)."""
     DUPLICATE_SAME_ACCESS = 2
     access = 0 if options & DUPLICATE_SAME_ACCESS else desiredAccess
-    status, h, _ = client.connection().request(Kind.DUPLICATE_HANDLE, wire.DUPLICATE.pack(int(hSource), access))
+    status, h, _ = client.connection().request(K.DUPLICATE_HANDLE, wire.DUPLICATE.pack(int(hSource), access))
     if status & 0xC0000000 == 0xC0000000:
         pywintypes.raise_status(status, "DuplicateHandle")
     return pywintypes.HANDLEType(h)

@@ -18,7 +18,7 @@ from ringzero.nt.irp import (CREATE_ALWAYS, CREATE_NEW, FILE_ATTRIBUTE_NORMAL, F
                              FILE_FLAG_OVERLAPPED, FILE_SHARE_DELETE, FILE_SHARE_READ, FILE_SHARE_WRITE, OPEN_ALWAYS,
                              OPEN_EXISTING, TRUNCATE_EXISTING)
 from ringzero.protocol import wire
-from ringzero.protocol.wire import Kind
+from ringzero.protocol.wire import K
 from ringzero.win32 import pywintypes
 from ringzero.win32.win32api import CloseHandle  # noqa: F401  (pywin32 has it here too)
 from ringzero.win32.win32con import GENERIC_ALL, GENERIC_EXECUTE, GENERIC_READ, GENERIC_WRITE  # noqa: F401
@@ -44,7 +44,7 @@ def CreateFile(fileName: str, desiredAccess: int, shareMode: int, attributes, Cr
     name = fileName.encode("utf-8")
     payload = wire.CREATE_FILE.pack(desiredAccess & 0xFFFFFFFF, shareMode, CreationDisposition,
                                     flagsAndAttributes & 0xFFFFFFFF, len(name)) + name
-    status, handle, _ = client.connection().request(Kind.CREATE_FILE, payload)
+    status, handle, _ = client.connection().request(K.CREATE_FILE, payload)
     if not st.NT_SUCCESS(status):
         _fail(status, "CreateFile")
     pywintypes.set_last_error(0)
@@ -135,10 +135,10 @@ def DeviceIoControl(Device, IoControlCode: int, InBuffer, OutBuffer, Overlapped=
             out_buf = bytearray(out_len)
         sink = out_buf if method != METHOD_NEITHER else None
         Overlapped._buffer = out_buf
-        if _start(conn, Kind.DEVICE_IO_CONTROL, payload, Overlapped, "DeviceIoControl", sink, keep):
+        if _start(conn, K.DEVICE_IO_CONTROL, payload, Overlapped, "DeviceIoControl", sink, keep):
             return out_buf
         return memoryview(out_buf)[:Overlapped.InternalHigh]
-    status, info, data = conn.request(Kind.DEVICE_IO_CONTROL, payload)
+    status, info, data = conn.request(K.DEVICE_IO_CONTROL, payload)
     if st.NT_ERROR(status) or (not st.NT_SUCCESS(status) and (status & 0xFFFFFFFF) != st.STATUS_BUFFER_OVERFLOW):
         _fail(status, "DeviceIoControl")
     pywintypes.set_last_error(ERROR_MORE_DATA if status == st.STATUS_BUFFER_OVERFLOW else 0)
@@ -177,12 +177,12 @@ def ReadFile(hFile, buffer, overlapped=None):
         flags, pin = 0, None
     if overlapped is not None:
         overlapped._buffer = target
-        if _start(conn, Kind.READ_FILE, payload, overlapped, "ReadFile", sink=target, keep=target, flags=flags,
+        if _start(conn, K.READ_FILE, payload, overlapped, "ReadFile", sink=target, keep=target, flags=flags,
                   pin=pin):
             return ERROR_IO_PENDING, target
         n = overlapped.InternalHigh
         return 0, (bytes(memoryview(target)[:n]) if as_bytes else memoryview(target)[:n])
-    status, info, _ = conn.request(Kind.READ_FILE, payload, flags, sink=target, keep=pin)
+    status, info, _ = conn.request(K.READ_FILE, payload, flags, sink=target, keep=pin)
     del pin
     if st.NT_ERROR(status):
         _fail(status, "ReadFile")
@@ -213,11 +213,11 @@ def WriteFile(hFile, data, overlapped=None):
         flags = 0
     if overlapped is not None:
         # `keep` lives until the reply: a driver may read the buffer while the write is pending
-        if _start(conn, Kind.WRITE_FILE, payload, overlapped, "WriteFile", keep=keep, flags=flags, body=body,
+        if _start(conn, K.WRITE_FILE, payload, overlapped, "WriteFile", keep=keep, flags=flags, body=body,
                   pin=keep):
             return ERROR_IO_PENDING, 0
         return 0, overlapped.InternalHigh
-    status, info, _ = conn.request(Kind.WRITE_FILE, payload, flags, body=body, keep=keep)
+    status, info, _ = conn.request(K.WRITE_FILE, payload, flags, body=body, keep=keep)
     del keep
     if st.NT_ERROR(status):
         _fail(status, "WriteFile")
@@ -239,14 +239,14 @@ def GetOverlappedResult(hFile, overlapped, bWait: bool) -> int:
 
 
 def CancelIo(handle) -> None:
-    status, _, _ = client.connection().request(Kind.CANCEL_IO, wire.CANCEL.pack(_h(handle), 0))
+    status, _, _ = client.connection().request(K.CANCEL_IO, wire.CANCEL.pack(_h(handle), 0))
     if st.NT_ERROR(status):
         _fail(status, "CancelIo")
 
 
 def CancelIoEx(handle, overlapped=None) -> None:
     rid = overlapped._rid if overlapped is not None else 0
-    status, _, _ = client.connection().request(Kind.CANCEL_IO, wire.CANCEL.pack(_h(handle), rid),
+    status, _, _ = client.connection().request(K.CANCEL_IO, wire.CANCEL.pack(_h(handle), rid),
                                                wire.FLAG_OVERLAPPED)
     if st.NT_ERROR(status):
         _fail(status, "CancelIoEx")
