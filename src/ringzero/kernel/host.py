@@ -182,7 +182,7 @@ class ProgramConnection:
                 self.abort()
                 return
         if body:
-            data = data + bytes(body)
+            data = b"".join((data, body))    # one copy of the reply's data
         try:
             if fds:
                 self.sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])

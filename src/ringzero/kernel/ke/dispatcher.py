@@ -246,6 +246,20 @@ def timeout_to_seconds(Timeout) -> float | None:
     return max(0.0, (q - KeQuerySystemTime()) / 1e7)
 
 
+def _take_at_once(obj: DispatcherObject, thread: int) -> int | None:
+    """Consume `obj` for `thread` if it is signalled for it now: the wait's
+    status; else None.  Queues no callbacks, so the plain lock does."""
+    _lock.acquire()
+    try:
+        if obj._is_signalled_for(thread):
+            abandoned = obj._abandoned()
+            obj._consume(thread)
+            return st.STATUS_ABANDONED_WAIT_0 if abandoned else st.STATUS_WAIT_0
+        return None
+    finally:
+        _lock.release()
+
+
 def wait(objects: list[DispatcherObject], wait_all: bool, seconds: float | None,
          thread: int | None = None) -> int:
     """Wait for `objects`; STATUS_WAIT_0 + i, STATUS_TIMEOUT or STATUS_ALERTED."""
@@ -253,15 +267,9 @@ def wait(objects: list[DispatcherObject], wait_all: bool, seconds: float | None,
         thread = threading.get_ident()
     if len(objects) == 1:
         # the common case, one object that is signalled: no wait block
-        o = objects[0]
-        _lock.acquire()
-        try:
-            if o._is_signalled_for(thread):
-                abandoned = o._abandoned()
-                o._consume(thread)
-                return st.STATUS_ABANDONED_WAIT_0 if abandoned else st.STATUS_WAIT_0
-        finally:
-            _lock.release()
+        result = _take_at_once(objects[0], thread)
+        if result is not None:
+            return result
         if seconds == 0:
             return st.STATUS_TIMEOUT
     wb = _WaitBlock(objects, wait_all, thread)
@@ -465,18 +473,12 @@ def KeWaitForSingleObject(Object, WaitReason: int = 0, WaitMode: int = 0, Alerta
     if current.irql < DISPATCH_LEVEL:
         # the common case, a mutex that is free or already ours, an event that
         # is set: no timeout to work out, no wait block
-        thread = threading.get_ident()
-        _lock.acquire()
-        try:
-            if obj._is_signalled_for(thread):
-                abandoned = obj._abandoned()
-                obj._consume(thread)
-                return st.STATUS_ABANDONED_WAIT_0 if abandoned else st.STATUS_WAIT_0
-        finally:
-            _lock.release()
+        result = _take_at_once(obj, threading.get_ident())
+        if result is not None:
+            return result
     seconds = timeout_to_seconds(Timeout)
     _check_irql(seconds, "KeWaitForSingleObject")
-    return wait([obj], False, seconds, thread=None)
+    return wait([obj], False, seconds)
 
 
 KeWaitForMutexObject = KeWaitForSingleObject

@@ -65,6 +65,11 @@ _CONTROL_RIGHTS = {
 }
 
 
+def _check_name(name: str) -> None:
+    if not name or len(name) > MAX_NAME or "\\" in name or "/" in name:
+        raise ServiceError(we.ERROR_INVALID_NAME, f"{name!r} is not a valid service name")
+
+
 class ServiceError(Exception):
     """A refused SCM call: the Win32 error the program gets, and why."""
 
@@ -222,8 +227,7 @@ class ServiceControlManager:
                        dependencies: list | None = None, start_name: str | None = None) -> int:
         with self.lock:
             self._handle(proc, manager, False, sv.SC_MANAGER_CREATE_SERVICE)
-            if not name or len(name) > MAX_NAME or "\\" in name or "/" in name:
-                raise ServiceError(we.ERROR_INVALID_NAME, f"{name!r} is not a valid service name")
+            _check_name(name)
             if not path:
                 raise ServiceError(we.ERROR_INVALID_PARAMETER, "a driver service needs a binary path (the driver's file or module)")
             self._check_kinds(service_type, start, error)
@@ -389,8 +393,7 @@ class ServiceControlManager:
         with self.lock:
             svc = self.services.get(name.upper())
             if svc is None:
-                if not name or len(name) > MAX_NAME or "\\" in name or "/" in name:
-                    raise ServiceError(we.ERROR_INVALID_NAME, f"{name!r} is not a valid service name")
+                _check_name(name)
                 svc = Service(name)
                 self._write_config(svc, sv.SERVICE_KERNEL_DRIVER, sv.SERVICE_DEMAND_START, sv.SERVICE_ERROR_NORMAL,
                                    image, "", [], "", name)
