@@ -40,12 +40,14 @@ STATUS_SUCCESS = 0
 STATUS_PENDING = 0x103
 STATUS_NO_MEMORY = 0xC0000017
 STATUS_INVALID_PARAMETER = 0xC000000D
-# A waiting program spins this long on its response ring before it sleeps:
-# long enough for a request the kernel answers at once.  After a few waits in
-# a row that the spin did not cover (the kernel is busy, or the requests pend),
-# it sleeps at once, leaving the CPU to the kernel and other programs, until
-# an answer again comes within the spin time.
-SPIN_SECONDS = 60e-6
+# A waiting program spins this long on its response ring before it sleeps,
+# giving its CPU to anything else runnable there between two looks (waking a
+# sleeping process from another CPU costs the waker several microseconds and
+# the sleeper tens on a virtual machine, longer than most answers take).
+# After a few waits in a row that the spin did not cover (the requests pend,
+# or the kernel is busy), it sleeps at once until an answer again comes
+# within the spin time, so a program that waits for long costs nothing.
+SPIN_SECONDS = 500e-6
 SPIN_MISSES_TO_STOP = 2
 ENV_RING = "RINGZERO_RING"   # "0" keeps a program on the socket path
 # Read and write data larger than a ring frame takes (or, with no ring, than
@@ -196,7 +198,9 @@ class Connection:
         if ring is not None:
             with self._send_lock:
                 if ring.put(data, body):
-                    os.eventfd_write(self._req_efd, 1)
+                    ring.fence()
+                    if not ring.flag():       # the kernel is not polling our ring: ring its doorbell
+                        os.eventfd_write(self._req_efd, 1)
                     return rid, slot
         self._send(data + body if body else data)
         return rid, slot
@@ -248,20 +252,30 @@ class Connection:
             start = time.perf_counter()
             if self._spin_misses < SPIN_MISSES_TO_STOP:
                 spin_until = start + SPIN_SECONDS
+                yield_cpu = os.sched_yield
                 while True:
                     if self._drain_ring():
                         self._spin_misses = 0
                         return
                     if time.perf_counter() > spin_until:
                         break
+                    yield_cpu()
                 self._spin_misses += 1
+            # about to sleep: ask for the doorbell, then look once more (ring.py)
+            ring.set_flag(1)
+            ring.fence()
             try:
                 os.eventfd_read(self._resp_efd)
             except BlockingIOError:
                 pass
             if self._drain_ring():
+                ring.set_flag(0)
                 return
-        ready = self._poll.poll(None if timeout is None else int(timeout * 1000))
+        try:
+            ready = self._poll.poll(None if timeout is None else int(timeout * 1000))
+        finally:
+            if ring is not None:
+                ring.set_flag(0)
         for fd, _ in ready:
             if fd == self.sock.fileno():
                 self._pump_socket()

@@ -104,3 +104,68 @@ def test_a_kernel_bug_in_a_request_is_an_answer_not_a_hang(monkeypatch):
     finally:
         ours.close()
         theirs.close()
+
+
+def _readable(fd) -> bool:
+    try:
+        os.eventfd_read(fd)
+        return True
+    except BlockingIOError:
+        return False
+
+
+def test_a_program_rings_only_a_ring_the_poller_is_not_polling():
+    """The request ring's polled flag is the kernel's: set while the poller
+    spins on the ring, cleared before it sleeps; a frame put while it sleeps
+    is seen only once the doorbell rings."""
+    poller = ringpoll.Poller()
+    conn = StandIn()
+    ch, producer = channel(conn)
+    feeding = threading.Event()
+    feeding.set()
+    seen_polled = []
+
+    def feed():
+        seen_polled.append(producer.flag())
+        if feeding.is_set():
+            producer.put(FRAME)        # no doorbell: the poller polls this ring
+
+    conn.after_each = feed
+    try:
+        assert producer.put(FRAME)
+        poller.register(ch)            # rings the doorbell once
+        assert wait_until(lambda: conn.served >= 50)
+        feeding.clear()
+        assert all(seen_polled), "the poller served a ring it had not flagged as polled"
+        assert wait_until(lambda: producer.flag() == 0), "the poller never went to sleep"
+        served = conn.served
+        assert producer.put(FRAME)     # asleep: without its doorbell the frame waits
+        producer.fence()
+        assert producer.flag() == 0
+        os.eventfd_write(ch.req_efd, 1)
+        assert wait_until(lambda: conn.served == served + 1)
+    finally:
+        conn.after_each = None
+        poller.stop()
+        ch.close()
+
+
+def test_the_kernel_rings_a_program_only_when_it_sleeps():
+    """The response ring's waiting flag is the program's: a reply put while it
+    is clear rings nothing; while set, the doorbell rings."""
+    conn = StandIn()
+    region = mmap.mmap(-1, rings.region_size(SIZE))
+    rings.init_region(memoryview(region), SIZE)
+    _, program_resp = rings.program_side(memoryview(region), SIZE)
+    ch = ringpoll.Channel(conn, region, SIZE, os.eventfd(0, os.EFD_NONBLOCK), os.eventfd(0, os.EFD_NONBLOCK))
+    try:
+        assert ch.resp.put(FRAME)
+        ch.ring_doorbell()
+        assert not _readable(ch.resp_efd)
+        program_resp.set_flag(1)       # the program is about to sleep in poll
+        assert ch.resp.put(FRAME)
+        ch.ring_doorbell()
+        assert _readable(ch.resp_efd)
+        assert program_resp.get() is not None and program_resp.get() is not None
+    finally:
+        ch.close()

@@ -174,7 +174,7 @@ class ProgramConnection:
         if ch is not None:
             try:
                 if not fds and ch.resp.put(data, body):
-                    os.eventfd_write(ch.resp_efd, 1)
+                    ch.ring_doorbell()
                     return
             except (wire.ProtocolError, OSError, ValueError) as e:
                 dbg.emit(f"pid {self.process.pid}: response ring unusable ({e}); disconnected", level="fault",
@@ -212,7 +212,7 @@ class ProgramConnection:
         if ch is not None:
             try:
                 if ch.resp.put(_HINT):
-                    os.eventfd_write(ch.resp_efd, 1)
+                    ch.ring_doorbell()
             except (wire.ProtocolError, OSError, ValueError):
                 self.abort()
 

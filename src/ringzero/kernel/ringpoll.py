@@ -3,8 +3,10 @@
 CPython runs one thread at a time, so one thread serving every program's
 request ring is as fast as many and never fights itself for the interpreter.
 It dispatches each request right where it finds it, in the requesting
-program's context; it spins on the rings that were busy a moment ago and
-sleeps in epoll on the programs' doorbells otherwise.  If a dispatch blocks,
+program's context; it spins on the rings that were busy a moment ago (their
+programs see the ring's polled flag and ring no doorbell), giving its CPU to
+anything else runnable there between two looks, and sleeps in epoll on the
+programs' doorbells otherwise.  If a dispatch blocks,
 the poller role passes to a fresh thread before it parks (as a connection's
 reader role does), so one slow driver call never stalls the other programs.
 """
@@ -57,6 +59,13 @@ class Channel:
         self.resp_efd = resp_efd
         self.closed = False
 
+    def ring_doorbell(self) -> None:
+        """After a response is put: wake the program if it said it sleeps (ring.py)."""
+        resp = self.resp
+        resp.fence()
+        if resp.flag():
+            os.eventfd_write(self.resp_efd, 1)
+
     def close(self) -> None:
         """Close the doorbells; the mapping goes when the last reference to it
         does (the poller may still hold one for a moment)."""
@@ -68,6 +77,15 @@ class Channel:
                 os.close(fd)
             except OSError:
                 pass
+
+
+_fence_lock = threading.Lock()
+
+
+def _fence() -> None:
+    """A full memory barrier (ring.py says why a lock is one)."""
+    _fence_lock.acquire()
+    _fence_lock.release()
 
 
 def _drain(fd: int) -> None:
@@ -158,6 +176,8 @@ class Poller:
 
     def _loop(self, token) -> None:
         hot = self.hot
+        yield_cpu = os.sched_yield
+        fence = _fence
         last_work = last_scan = time.perf_counter()
         while self.token is token:
             did = False
@@ -180,13 +200,20 @@ class Poller:
                 last_work = now
                 continue
             if now - last_work < SPIN_SECONDS:
+                yield_cpu()
                 continue
+            # about to sleep: the programs must ring again, then one more look (ring.py)
+            for ch in hot:
+                ch.req.set_flag(0)
+            fence()
             for ch in hot:
                 if not ch.closed:
                     _drain(ch.req_efd)
                     if ch.req.pending():
                         did = True
             if did:
+                for ch in hot:
+                    ch.req.set_flag(1)
                 continue
             hot.clear()
             if not self._scan(hot, None):
@@ -210,6 +237,7 @@ class Poller:
             ch = self.channels.get(fd)
             if ch is not None and not ch.closed and ch not in hot:
                 _drain(fd)         # (a hot ring's doorbell is drained before the poller sleeps)
+                ch.req.set_flag(1)
                 hot.append(ch)
         return True
 

@@ -17,6 +17,8 @@ Layout (native-endian u64 counters, each on its own cache line):
     128    request tail   (written by the kernel)
     192    response head  (written by the kernel)
     256    response tail  (written by the program)
+    320    request ring polled   (written by the kernel: 1 while it polls this ring)
+    384    response ring waiting (written by the program: 1 while it sleeps on its doorbell)
     4096   request ring data   (size bytes)
     4096 + size  response ring data (size bytes)
 
@@ -26,27 +28,39 @@ by padding to the end (a header of kind 0, or nothing when fewer than a header's
 bytes remain).  The consumer of a ring treats everything in it as untrusted:
 a count out of range or a malformed header is a protocol error.
 
-Ordering: the producer stores the frame, then the head, then writes the
-eventfd; the consumer drains the eventfd before its last look at the head and
-then sleeps in poll.  The eventfd syscalls order the two sides, so no wakeup is
-lost.  The plain stores rely on x86-64's ordering of stores; `supported()`
-says whether this machine has it, and elsewhere the socket path is used.
+Doorbells are rung only for a consumer that needs them (waking a process on
+another CPU is the costliest step of a round trip, and a write to an eventfd
+nobody sleeps on is a syscall for nothing).  The kernel says, per program,
+that it is polling the request ring; a program rings its request doorbell only
+when it is not.  A program says that it is about to sleep on its response
+doorbell; the kernel rings it only then.  Each flag is the consumer's word, so
+a program that lies about its own flags only delays its own requests and
+replies.  The handshake is Dekker's: the consumer stores its flag, fences, and
+looks at the head once more before it sleeps; the producer stores the head,
+fences, and reads the flag.  With a full fence on both sides one of them sees
+the other's store, so no wakeup is lost.  `fence()` is a lock's acquire and
+release, a locked read-modify-write instruction on x86-64 (CPython's locks
+are built on atomic compare-and-exchange), and the plain loads and stores
+rely on x86-64's ordering of stores otherwise; `supported()` says whether
+this machine has it, and elsewhere the socket path is used.
 """
 
 from __future__ import annotations
 
 import platform
 import struct
+import threading
 
 from ringzero.protocol.wire import HEADER, HEADER_SIZE, RemoteProtocolError
 
-RING_MAGIC = 0x474E495230525A52  # "RZ0RING"
+RING_MAGIC = 0x474E495231525A52  # "RZR1RING": the layout with doorbell flags
 HEADER_BYTES = 4096
 DEFAULT_SIZE = 256 * 1024
 MIN_SIZE = 4096
 MAX_SIZE = 1 << 20
 OFF_MAGIC, OFF_SIZE = 0, 8
 OFF_REQ_HEAD, OFF_REQ_TAIL, OFF_RESP_HEAD, OFF_RESP_TAIL = 64, 128, 192, 256
+OFF_REQ_POLLED, OFF_RESP_WAITING = 320, 384
 PAD_KIND = 0
 
 _U64 = struct.Struct("@Q")
@@ -88,12 +102,16 @@ def check_region(mv: memoryview) -> int:
 
 class Ring:
     """One direction.  The producer side uses `put`, the consumer side `get`;
-    each side keeps its own position locally and trusts only that."""
+    each side keeps its own position locally and trusts only that.  `flag_i`
+    is this ring's doorbell flag (see the module's docstring for whose it is)."""
 
-    __slots__ = ("ctl", "size", "mask", "data", "head_i", "tail_i", "pos", "max_frame", "_next")
+    __slots__ = ("ctl", "size", "mask", "data", "head_i", "tail_i", "flag_i", "pos", "max_frame", "_next", "_fence")
 
-    def __init__(self, mv: memoryview, ring_size: int, data_off: int, head_off: int, tail_off: int, producer: bool):
+    def __init__(self, mv: memoryview, ring_size: int, data_off: int, head_off: int, tail_off: int, producer: bool,
+                 flag_off: int = 0):
         self.ctl = _counters(mv)
+        self.flag_i = flag_off // 8
+        self._fence = threading.Lock()
         self.size = ring_size
         self.mask = ring_size - 1
         self.data = mv[data_off:data_off + ring_size]
@@ -106,6 +124,19 @@ class Ring:
     def release(self) -> None:
         self.data.release()
         self.ctl.release()
+
+    def fence(self) -> None:
+        """A full memory barrier (see the module's docstring)."""
+        self._fence.acquire()
+        self._fence.release()
+
+    # -- the doorbell flag ----------------------------------------------------------
+
+    def flag(self) -> int:
+        return self.ctl[self.flag_i]
+
+    def set_flag(self, value: int) -> None:
+        self.ctl[self.flag_i] = value
 
     # -- producer ---------------------------------------------------------------
 
@@ -199,13 +230,15 @@ class Ring:
 
 def program_side(mv: memoryview, ring_size: int) -> tuple[Ring, Ring]:
     """(requests to produce, responses to consume)."""
-    req = Ring(mv, ring_size, HEADER_BYTES, OFF_REQ_HEAD, OFF_REQ_TAIL, producer=True)
-    resp = Ring(mv, ring_size, HEADER_BYTES + ring_size, OFF_RESP_HEAD, OFF_RESP_TAIL, producer=False)
+    req = Ring(mv, ring_size, HEADER_BYTES, OFF_REQ_HEAD, OFF_REQ_TAIL, producer=True, flag_off=OFF_REQ_POLLED)
+    resp = Ring(mv, ring_size, HEADER_BYTES + ring_size, OFF_RESP_HEAD, OFF_RESP_TAIL, producer=False,
+                flag_off=OFF_RESP_WAITING)
     return req, resp
 
 
 def kernel_side(mv: memoryview, ring_size: int) -> tuple[Ring, Ring]:
     """(requests to consume, responses to produce)."""
-    req = Ring(mv, ring_size, HEADER_BYTES, OFF_REQ_HEAD, OFF_REQ_TAIL, producer=False)
-    resp = Ring(mv, ring_size, HEADER_BYTES + ring_size, OFF_RESP_HEAD, OFF_RESP_TAIL, producer=True)
+    req = Ring(mv, ring_size, HEADER_BYTES, OFF_REQ_HEAD, OFF_REQ_TAIL, producer=False, flag_off=OFF_REQ_POLLED)
+    resp = Ring(mv, ring_size, HEADER_BYTES + ring_size, OFF_RESP_HEAD, OFF_RESP_TAIL, producer=True,
+                flag_off=OFF_RESP_WAITING)
     return req, resp
