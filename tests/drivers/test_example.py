@@ -1,6 +1,8 @@
 """The Example driver across real processes: per-name resource contexts, the
-ring buffer, blocking reads and their cancellation, and programs that die."""
+ring buffer, blocking reads and writes and their cancellation, and programs
+that die."""
 
+import ctypes
 import os
 import random
 import signal
@@ -14,16 +16,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
 
 from conftest import wait_until
-from ringzero.drivers.example_ioctl import (EXAMPLE_BLOCKING_READS, EXAMPLE_DEFAULT_BUFFER_SIZE,
-                                            EXAMPLE_MAX_BUFFER_SIZE, EXAMPLE_QUERY_INFORMATION, IOCTL_EXAMPLE_QUERY,
-                                            IOCTL_EXAMPLE_SET_BLOCKING, IOCTL_EXAMPLE_SET_SIZE, query_name)
+from ringzero.drivers.example_ioctl import (EXAMPLE_BLOCKING_READS, EXAMPLE_BLOCKING_WRITES,
+                                            EXAMPLE_DEFAULT_BUFFER_SIZE, EXAMPLE_MAX_BUFFER_SIZE,
+                                            EXAMPLE_QUERY_INFORMATION, IOCTL_EXAMPLE_QUERY, IOCTL_EXAMPLE_SET_BLOCKING,
+                                            IOCTL_EXAMPLE_SET_SIZE, query_name)
 from ringzero.win32 import pywintypes, win32event, win32file, winerror
 
 TAG = "Exmp"
 
 # What every program below starts with.
 PRELUDE = textwrap.dedent(r'''
-    import os, random, struct, sys, threading, time
+    import ctypes, os, random, struct, sys, threading, time
     from ringzero.win32 import pywintypes, win32file, winerror
     from ringzero.drivers.example_ioctl import *
 
@@ -53,7 +56,7 @@ def pipe(name: str, flags: int = 0):
 
 def query(h, name: str | None = None) -> EXAMPLE_QUERY_INFORMATION:
     out = win32file.DeviceIoControl(h, IOCTL_EXAMPLE_QUERY, query_name(name) if name else None,
-                                    struct.calcsize("<6I"))
+                                    ctypes.sizeof(EXAMPLE_QUERY_INFORMATION))
     return EXAMPLE_QUERY_INFORMATION.from_buffer_copy(out)
 
 
@@ -78,12 +81,17 @@ def no_faults(k) -> None:
     assert not bad, bad
 
 
-def overlapped_read(h, size: int):
+def pending(call, h, arg):
+    """Issue an overlapped ReadFile or WriteFile that must pend; its OVERLAPPED."""
     ov = pywintypes.OVERLAPPED()
     ov.hEvent = win32event.CreateEvent(None, True, False, None)
-    hr, _ = win32file.ReadFile(h, size, ov)
+    hr, _ = call(h, arg, ov)
     assert hr == winerror.ERROR_IO_PENDING
     return ov
+
+
+def overlapped_read(h, size: int):
+    return pending(win32file.ReadFile, h, size)
 
 
 def overlapped_result(h, ov) -> bytes:
@@ -105,7 +113,7 @@ def test_hello_in_any_case_reaches_one_context(ex):
     r = ex.run(program('''
         h = pipe("Hello")
         win32file.WriteFile(h, b"from Hello")
-        info = EXAMPLE_QUERY_INFORMATION.from_buffer_copy(win32file.DeviceIoControl(h, IOCTL_EXAMPLE_QUERY, None, 24))
+        info = EXAMPLE_QUERY_INFORMATION.from_buffer_copy(win32file.DeviceIoControl(h, IOCTL_EXAMPLE_QUERY, None, ctypes.sizeof(EXAMPLE_QUERY_INFORMATION)))
         print(info.ReferenceCount)
         h.Close()
     '''))
@@ -242,8 +250,9 @@ def test_malformed_ioctls_are_refused(ex):
     h = pipe("HELLO")
     cases = [(IOCTL_EXAMPLE_SET_SIZE, b"\x01", 0, winerror.ERROR_INVALID_USER_BUFFER),
              (IOCTL_EXAMPLE_SET_BLOCKING, b"", 0, winerror.ERROR_INVALID_USER_BUFFER),
-             (IOCTL_EXAMPLE_SET_BLOCKING, struct.pack("<I", 2), 0, winerror.ERROR_INVALID_PARAMETER),
-             (IOCTL_EXAMPLE_QUERY, None, 23, winerror.ERROR_INSUFFICIENT_BUFFER),
+             (IOCTL_EXAMPLE_SET_BLOCKING, struct.pack("<I", 4), 0, winerror.ERROR_INVALID_PARAMETER),
+             (IOCTL_EXAMPLE_QUERY, None, ctypes.sizeof(EXAMPLE_QUERY_INFORMATION) - 1,
+              winerror.ERROR_INSUFFICIENT_BUFFER),
              (IOCTL_EXAMPLE_QUERY + 0x40, None, 0, winerror.ERROR_INVALID_FUNCTION)]
     for code, inp, out, err in cases:
         with pytest.raises(pywintypes.error) as e:
@@ -516,7 +525,7 @@ def test_closing_the_handle_cancels_its_pending_read(ex):
                 result.append(e.winerror)
         t = threading.Thread(target=read)
         t.start()
-        info = lambda: EXAMPLE_QUERY_INFORMATION.from_buffer_copy(win32file.DeviceIoControl(h, IOCTL_EXAMPLE_QUERY, None, 24))
+        info = lambda: EXAMPLE_QUERY_INFORMATION.from_buffer_copy(win32file.DeviceIoControl(h, IOCTL_EXAMPLE_QUERY, None, ctypes.sizeof(EXAMPLE_QUERY_INFORMATION)))
         while info().PendingReads != 1:
             time.sleep(0.01)
         h.Close()                                    # IRP_MJ_CLEANUP ends the read
@@ -547,6 +556,128 @@ def test_a_pending_read_is_cancelled_when_its_program_dies(ex):
     assert query(h).PendingReads == 0
     win32file.WriteFile(h, b"nobody took it")
     assert query(h).BytesQueued == len(b"nobody took it")
+    no_faults(ex)
+
+
+# -- blocking writes ------------------------------------------------------------------
+
+def overlapped_write(h, data: bytes):
+    return pending(win32file.WriteFile, h, data)
+
+
+def test_a_blocking_write_that_does_not_fit_waits_for_room(ex):
+    w = pipe("HELLO", win32file.FILE_FLAG_OVERLAPPED)
+    set_size(w, 8)
+    set_blocking(w, EXAMPLE_BLOCKING_WRITES)
+    ov = overlapped_write(w, b"0123456789ABCDEF")
+    info = query(w)
+    assert (info.BytesQueued, info.PendingWrites, info.Flags) == (8, 1, EXAMPLE_BLOCKING_WRITES)
+    r = pipe("HELLO")
+    assert win32file.ReadFile(r, 5) == (0, b"01234")          # the room it made takes 5 more bytes
+    info = query(r)
+    assert (info.BytesQueued, info.PendingWrites) == (8, 1)
+    assert win32event.WaitForSingleObject(ov.hEvent, 0) == win32event.WAIT_TIMEOUT
+    assert win32file.ReadFile(r, 100) == (0, b"56789ABCDEF")  # a read takes what came in behind it
+    assert win32event.WaitForSingleObject(ov.hEvent, 20000) == win32event.WAIT_OBJECT_0
+    assert win32file.GetOverlappedResult(w, ov, True) == 16
+    info = query(r)
+    assert (info.BytesQueued, info.PendingWrites) == (0, 0)
+
+
+def test_no_write_overtakes_a_pending_one(ex):
+    first = pipe("HELLO", win32file.FILE_FLAG_OVERLAPPED)
+    set_size(first, 4)
+    set_blocking(first, EXAMPLE_BLOCKING_WRITES)
+    ov1 = overlapped_write(first, b"aaaaaa")
+    plain = pipe("HELLO")
+    assert win32file.WriteFile(plain, b"b") == (0, 0)           # a non-blocking write stores nothing
+    ov2 = overlapped_write(first, b"cc")
+    assert query(plain).PendingWrites == 2
+    got = bytearray()
+    while len(got) < 8:
+        got += win32file.ReadFile(plain, 3)[1]
+    assert got == b"aaaaaacc"
+    assert win32file.GetOverlappedResult(first, ov1, True) == 6
+    assert win32file.GetOverlappedResult(first, ov2, True) == 2
+
+
+def test_a_synchronous_blocking_write_returns_once_all_of_it_is_stored(ex):
+    writer = ex.spawn(program('''
+        h = pipe("HELLO")
+        win32file.DeviceIoControl(h, IOCTL_EXAMPLE_SET_BLOCKING, struct.pack("<I", EXAMPLE_BLOCKING_WRITES), 0)
+        data = bytes(i % 251 for i in range(100000))
+        print("writing", flush=True)
+        print(win32file.WriteFile(h, data)[1], flush=True)
+    '''))
+    assert writer.stdout.readline() == "writing\n"
+    h = pipe("HELLO")
+    assert wait_until(lambda: query(h).PendingWrites == 1)
+    got = bytearray()
+    while len(got) < 100000:
+        got += win32file.ReadFile(h, 3000)[1]
+    assert got == bytes(i % 251 for i in range(100000))
+    assert writer.stdout.readline() == "100000\n"
+    assert writer.wait(30) == 0
+
+
+def test_cancelio_cancels_a_pending_write_and_keeps_what_it_stored(ex):
+    h = pipe("HELLO", win32file.FILE_FLAG_OVERLAPPED)
+    set_size(h, 8)
+    set_blocking(h, EXAMPLE_BLOCKING_WRITES)
+    ov = overlapped_write(h, b"0123456789ABCDEF")
+    win32file.CancelIo(h)
+    assert win32event.WaitForSingleObject(ov.hEvent, 20000) == win32event.WAIT_OBJECT_0
+    with pytest.raises(pywintypes.error) as e:
+        win32file.GetOverlappedResult(h, ov, True)
+    assert e.value.winerror == winerror.ERROR_OPERATION_ABORTED
+    assert ov.InternalHigh == 8                                # what it had stored, and stays queued
+    info = query(h)
+    assert (info.PendingWrites, info.BytesQueued) == (0, 8)
+    assert win32file.ReadFile(h, 100) == (0, b"01234567")
+
+
+def test_a_pending_write_is_cancelled_when_its_program_dies_and_the_next_one_goes_on(ex):
+    h = pipe("HELLO", win32file.FILE_FLAG_OVERLAPPED)
+    set_size(h, 8)
+    writer = ex.spawn(program('''
+        h = pipe("HELLO")
+        win32file.DeviceIoControl(h, IOCTL_EXAMPLE_SET_BLOCKING, struct.pack("<I", EXAMPLE_BLOCKING_WRITES), 0)
+        print("writing", flush=True)
+        win32file.WriteFile(h, b"v" * 20)
+        print("the write returned", flush=True)
+    '''))
+    assert writer.stdout.readline() == "writing\n"
+    assert wait_until(lambda: query(h).PendingWrites == 1)
+    set_blocking(h, EXAMPLE_BLOCKING_WRITES)
+    ov = overlapped_write(h, b"mine")                          # queued behind the victim's
+    assert query(h).PendingWrites == 2
+    os.kill(writer.pid, signal.SIGKILL)
+    writer.wait(30)
+    assert wait_until(lambda: query(h).ReferenceCount == 1)
+    assert query(h).PendingWrites == 1
+    assert win32file.ReadFile(h, 100)[1] == b"v" * 8 + b"mine"
+    assert win32file.GetOverlappedResult(h, ov, True) == 4
+    no_faults(ex)
+
+
+WRITER_BLOCKING = WRITER.replace('h = pipe("HELLO")', '''h = pipe("HELLO")
+    win32file.DeviceIoControl(h, IOCTL_EXAMPLE_SET_BLOCKING, struct.pack("<I", EXAMPLE_BLOCKING_WRITES), 0)''')
+
+
+def test_blocking_writers_in_several_processes_lose_and_duplicate_nothing(ex):
+    h = pipe("HELLO")
+    set_size(h, 512)
+    total = 20000
+    writers = [ex.spawn(program(WRITER_BLOCKING.format(wid=w, total=total, seed=w))) for w in range(4)]
+    for p in writers:
+        assert p.stdout.readline() == "open\n"
+    got = drain_until(h, lambda: all(p.poll() is not None for p in writers), random.Random(11))
+    assert [int(p.stdout.read().split()[-1]) for p in writers] == [total] * 4
+    streams = demux(got)
+    for w in range(4):
+        assert streams[w] == expected_stream(w, total)
+    info = query(h)
+    assert (info.ReferenceCount, info.PendingWrites) == (1, 0)
     no_faults(ex)
 
 

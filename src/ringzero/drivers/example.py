@@ -13,8 +13,10 @@ is there (0 bytes when it is empty).  Beyond the tutorial, which says these
 could be IOCTLs (ringzero.drivers.example_ioctl has their codes):
 IOCTL_EXAMPLE_SET_SIZE resizes a context's ring, IOCTL_EXAMPLE_QUERY reports on
 a context, and IOCTL_EXAMPLE_SET_BLOCKING makes a handle's reads of an empty
-ring pend until a writer supplies data (or CancelIo, the handle's close or the
-program's death cancels them); a write fills the oldest pending read first.
+ring pend until a writer supplies data, and its writes that do not fit pend
+until readers have made room for all of their data (CancelIo, the handle's
+close or the program's death cancels either); a write fills the oldest pending
+read first, and a read that makes room lets the oldest pending write in.
 """
 
 import ctypes
@@ -60,12 +62,18 @@ class EXAMPLE_LIST(ctypes.Structure):
     PendingReads           blocking read IRPs waiting for data, oldest first,
                            each with Example_CancelRead set (or being
                            cancelled); never non-empty while uiBytesQueued > 0
+    PendingWrites          blocking write IRPs waiting for room, oldest first,
+                           each with Example_CancelWrite set (or being
+                           cancelled) and the count of its bytes already
+                           stored in Tail.Overlay.DriverContext[0]; never
+                           non-empty while the ring has room, so no write
+                           overtakes them
     """
 
     _fields_ = [("pNext", PVOID), ("usPipeName", ctypes.c_byte * 16), ("uiRefCount", ULONG),
                 ("uiStartIndex", ULONG), ("uiStopIndex", ULONG), ("uiBytesQueued", ULONG),
                 ("uiBufferSize", ULONG), ("pCircularBuffer", PVOID), ("kInstanceBufferMutex", ctypes.c_byte * 56),
-                ("PendingReads", ctypes.c_byte * 16)]
+                ("PendingReads", ctypes.c_byte * 16), ("PendingWrites", ctypes.c_byte * 16)]
 
 
 # -- locks ----------------------------------------------------------------------
@@ -125,6 +133,36 @@ def Example_ReadData(pExampleList, pBuffer, uiLength):
     return uiLength
 
 
+def Example_FillFromPendingWrites(pExampleList):
+    """Let the oldest pending writes into the room the ring has now; the ones
+    now wholly stored (their cancel routines cleared), to complete once the
+    lock is released."""
+    pStored = []
+    while pExampleList.PendingWrites and pExampleList.uiBytesQueued < pExampleList.uiBufferSize:
+        pWriteIrp = pExampleList.PendingWrites[0]
+        if pWriteIrp.Cancel:
+            pExampleList.PendingWrites.pop(0)   # being cancelled: Example_CancelWrite completes it
+            continue
+        pContext = pWriteIrp.Tail.Overlay.DriverContext
+        uiLength = IoGetCurrentIrpStackLocation(pWriteIrp).Parameters.Write.Length
+        pData = memoryview(pWriteIrp.AssociatedIrp.SystemBuffer)[pContext[0]:uiLength]
+        pContext[0] += Example_WriteData(pExampleList, pData)
+        if pContext[0] < uiLength:
+            break                       # the ring is full again
+        pExampleList.PendingWrites.pop(0)
+        if IoSetCancelRoutine(pWriteIrp, NULL) is not None:
+            pWriteIrp.IoStatus.Status = STATUS_SUCCESS
+            pWriteIrp.IoStatus.Information = uiLength
+            pStored.append(pWriteIrp)
+        # else IoCancelIrp has it: Example_CancelWrite completes it
+    return pStored
+
+
+def Example_CompleteAll(pIrps):
+    for pIrp in pIrps:
+        IoCompleteRequest(pIrp, IO_NO_INCREMENT)
+
+
 # -- resource contexts ---------------------------------------------------------------
 
 def Example_CreateNewResource(usPipeName):
@@ -147,6 +185,7 @@ def Example_CreateNewResource(usPipeName):
     pExampleList.uiStopIndex = 0
     pExampleList.uiBytesQueued = 0
     pExampleList.PendingReads = []
+    pExampleList.PendingWrites = []
     return pExampleList
 
 
@@ -239,15 +278,19 @@ def Example_Cleanup(DeviceObject, Irp):
     pExampleList = pFileObject.FsContext
     Example_AcquireMutex(pExampleList.kInstanceBufferMutex)
     pCancelled = []
-    for pReadIrp in list(pExampleList.PendingReads):
-        if IoGetCurrentIrpStackLocation(pReadIrp).FileObject is pFileObject:
-            pExampleList.PendingReads.remove(pReadIrp)
-            if IoSetCancelRoutine(pReadIrp, NULL) is not None:
-                pCancelled.append(pReadIrp)
-            # else IoCancelIrp has it: Example_CancelRead completes it
+    for pPending in (pExampleList.PendingReads, pExampleList.PendingWrites):
+        for pIrp in list(pPending):
+            if IoGetCurrentIrpStackLocation(pIrp).FileObject is pFileObject:
+                pPending.remove(pIrp)
+                if IoSetCancelRoutine(pIrp, NULL) is not None:
+                    pCancelled.append(pIrp)
+                # else IoCancelIrp has it: its cancel routine completes it
+    # a write that went with them may leave room for the next one's data
+    pStored = Example_FillFromPendingWrites(pExampleList)
     KeReleaseMutex(pExampleList.kInstanceBufferMutex, FALSE)
-    for pReadIrp in pCancelled:
-        Example_CompleteIrp(pReadIrp, STATUS_CANCELLED)
+    for pIrp in pCancelled:
+        Example_CompleteIrp(pIrp, STATUS_CANCELLED, Example_StoredSoFar(pIrp))
+    Example_CompleteAll(pStored)
     return Example_CompleteIrp(Irp, STATUS_SUCCESS)
 
 
@@ -261,6 +304,27 @@ def Example_CancelRead(DeviceObject, Irp):
     Example_CompleteIrp(Irp, STATUS_CANCELLED)
 
 
+def Example_StoredSoFar(Irp):
+    """Information for a cancelled IRP: the bytes of a write already stored
+    (they stay queued), none for a read."""
+    if IoGetCurrentIrpStackLocation(Irp).MajorFunction == IRP_MJ_WRITE:
+        return Irp.Tail.Overlay.DriverContext[0]
+    return 0
+
+
+def Example_CancelWrite(DeviceObject, Irp):
+    IoReleaseCancelSpinLock(Irp.CancelIrql)
+    pExampleList = IoGetCurrentIrpStackLocation(Irp).FileObject.FsContext
+    Example_AcquireMutex(pExampleList.kInstanceBufferMutex)
+    pStored = []
+    if Irp in pExampleList.PendingWrites:
+        pExampleList.PendingWrites.remove(Irp)
+        pStored = Example_FillFromPendingWrites(pExampleList)
+    KeReleaseMutex(pExampleList.kInstanceBufferMutex, FALSE)
+    Example_CompleteIrp(Irp, STATUS_CANCELLED, Irp.Tail.Overlay.DriverContext[0])
+    Example_CompleteAll(pStored)
+
+
 def Example_Read(DeviceObject, Irp):
     pIoStackIrp = IoGetCurrentIrpStackLocation(Irp)
     pFileObject = pIoStackIrp.FileObject
@@ -272,8 +336,15 @@ def Example_Read(DeviceObject, Irp):
     if NtStatus != STATUS_SUCCESS:
         return Example_CompleteIrp(Irp, NtStatus)
     if pExampleList.uiBytesQueued or not pFileObject.FsContext2 & EXAMPLE_BLOCKING_READS:
-        uiRead = Example_ReadData(pExampleList, Irp.AssociatedIrp.SystemBuffer, uiLength)
+        pBuffer = memoryview(Irp.AssociatedIrp.SystemBuffer)
+        uiRead = Example_ReadData(pExampleList, pBuffer, uiLength)
+        pStored = Example_FillFromPendingWrites(pExampleList)
+        while pExampleList.uiBytesQueued and uiRead < uiLength:
+            # the room this read made let pending writes in: take their data too
+            uiRead += Example_ReadData(pExampleList, pBuffer[uiRead:], uiLength - uiRead)
+            pStored += Example_FillFromPendingWrites(pExampleList)
         KeReleaseMutex(pExampleList.kInstanceBufferMutex, FALSE)
+        Example_CompleteAll(pStored)
         return Example_CompleteIrp(Irp, STATUS_SUCCESS, uiRead)
     # a blocking read of an empty ring waits, behind any read already waiting
     IoMarkIrpPending(Irp)
@@ -309,12 +380,27 @@ def Example_Write(DeviceObject, Irp):
         pReadIrp.IoStatus.Information = uiPart
         pSatisfied.append(pReadIrp)
         uiWritten += uiPart
-    if uiWritten < uiLength:
+    if uiWritten < uiLength and not pExampleList.PendingWrites:
         uiWritten += Example_WriteData(pExampleList, pData[uiWritten:])
+    if uiWritten < uiLength and pIoStackIrp.FileObject.FsContext2 & EXAMPLE_BLOCKING_WRITES:
+        # the rest waits for room, behind any write already waiting
+        Irp.Tail.Overlay.DriverContext[0] = uiWritten
+        IoMarkIrpPending(Irp)
+        IoSetCancelRoutine(Irp, Example_CancelWrite)
+        if Irp.Cancel and IoSetCancelRoutine(Irp, NULL) is not None:
+            KeReleaseMutex(pExampleList.kInstanceBufferMutex, FALSE)
+            Example_CompleteAll(pSatisfied)
+            Example_CompleteIrp(Irp, STATUS_CANCELLED, uiWritten)
+            return STATUS_PENDING
+        pExampleList.PendingWrites.append(Irp)
+        KeReleaseMutex(pExampleList.kInstanceBufferMutex, FALSE)
+        Example_CompleteAll(pSatisfied)
+        return STATUS_PENDING
     KeReleaseMutex(pExampleList.kInstanceBufferMutex, FALSE)
-    for pReadIrp in pSatisfied:
-        IoCompleteRequest(pReadIrp, IO_NO_INCREMENT)
-    return Example_CompleteIrp(Irp, STATUS_SUCCESS, uiWritten)
+    # the writer hears first: the readers' data is already in their buffers
+    Example_CompleteIrp(Irp, STATUS_SUCCESS, uiWritten)
+    Example_CompleteAll(pSatisfied)
+    return STATUS_SUCCESS
 
 
 def Example_SetSize(pExampleList, uiNewSize):
@@ -338,7 +424,9 @@ def Example_SetSize(pExampleList, uiNewSize):
             pExampleList.uiStartIndex = 0
             pExampleList.uiStopIndex = uiQueued % uiNewSize
             pExampleList.uiBytesQueued = uiQueued
+    pStored = Example_FillFromPendingWrites(pExampleList)    # a larger ring has room for them
     KeReleaseMutex(pExampleList.kInstanceBufferMutex, FALSE)
+    Example_CompleteAll(pStored)
     return NtStatus
 
 
@@ -364,6 +452,7 @@ def Example_Query(pExampleDeviceContext, pFileObject, pInput, pInfo):
             pInfo.BufferSize = pExampleList.uiBufferSize
             pInfo.BytesQueued = pExampleList.uiBytesQueued
             pInfo.PendingReads = len(pExampleList.PendingReads)
+            pInfo.PendingWrites = len(pExampleList.PendingWrites)
             KeReleaseMutex(pExampleList.kInstanceBufferMutex, FALSE)
     KeReleaseMutex(pExampleDeviceContext.kListMutex, FALSE)
     return NtStatus
@@ -399,7 +488,7 @@ def Example_IoControl(DeviceObject, Irp):
             NtStatus = STATUS_INVALID_BUFFER_SIZE
         else:
             uiFlags = ULONG.from_buffer(pSystemBuffer).value
-            if uiFlags & ~EXAMPLE_BLOCKING_READS:
+            if uiFlags & ~(EXAMPLE_BLOCKING_READS | EXAMPLE_BLOCKING_WRITES):
                 NtStatus = STATUS_INVALID_PARAMETER
             else:
                 pFileObject.FsContext2 = uiFlags

@@ -363,14 +363,17 @@ class ProgramConnection:
                              bool(f.flags & wire.FLAG_OVERLAPPED), self._user_buffer(f.flags))
         elif kind == K.WRITE_FILE:
             h, offset, addr, event = wire.WRITE.unpack_from(p)
-            if self._user_buffer(f.flags):
+            captured = f.body               # the data, already copied out of the ring into a buffer of its own
+            if captured is not None:
+                data, length = captured, len(captured)
+            elif self._user_buffer(f.flags):
                 (length,) = wire.WRITE_LENGTH.unpack_from(p, wire.WRITE.size)
                 data = None
             else:
                 data = p[wire.WRITE.size:]
                 length = len(data)
             iofile.write_file(proc, h, data, offset, addr, event, _Req(self, rid), rid, f.tid,
-                              bool(f.flags & wire.FLAG_OVERLAPPED), length)
+                              bool(f.flags & wire.FLAG_OVERLAPPED), length, captured=captured is not None)
         elif kind == K.CREATE_FILE:
             access, share, disp, flags, nlen = wire.CREATE_FILE.unpack_from(p)
             name = bytes(p[wire.CREATE_FILE.size:wire.CREATE_FILE.size + nlen]).decode("utf-8", "replace")

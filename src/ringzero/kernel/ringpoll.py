@@ -27,6 +27,10 @@ from ringzero.protocol import ring as rings
 from ringzero.protocol import wire
 
 _KERNEL = wire.Role.KERNEL
+_WRITE_FILE = wire.K.WRITE_FILE          # < 256: the kind's low byte is the kind, its high byte 0
+_USER_BUFFER = wire.FLAG_USER_BUFFER
+_WRITE_FIXED = wire.HEADER_SIZE + wire.WRITE.size
+_SPLIT_MIN = 4096                        # smaller writes are copied whole, as any other frame
 SPIN_SECONDS = 200e-6
 SCAN_SECONDS = 500e-6     # while busy, how often to look for other programs' doorbells
 MAX_BATCH = 64
@@ -247,11 +251,24 @@ class Poller:
         current.process = proc
         me = threading.get_ident()
         try:
+            req = ch.req
+            max_payload = conn.host.max_payload
             for _ in range(MAX_BATCH):
-                data = ch.req.get()
-                if data is None:
+                view = req.peek()
+                if view is None:
                     return
-                frame = wire.decode_ring_frame(data, _KERNEL, conn.host.max_payload)
+                # every byte of the frame is read once, here, before the program may
+                # reuse its room: a write's data straight into what becomes its system
+                # buffer (the I/O manager's capture), the rest into a private copy
+                if len(view) > _SPLIT_MIN and view[4] == _WRITE_FILE and not view[5] and not view[6] & _USER_BUFFER:
+                    data, body = bytes(view[:_WRITE_FIXED]), bytearray(view[_WRITE_FIXED:])
+                    req.advance()
+                    frame = wire.decode_ring_frame(data, _KERNEL, max_payload, len(body))
+                    frame.body = body
+                else:
+                    data = bytes(view)
+                    req.advance()
+                    frame = wire.decode_ring_frame(data, _KERNEL, max_payload)
                 conn.dispatching.add(me)
                 try:
                     conn.serve(frame)

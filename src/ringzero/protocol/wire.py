@@ -106,6 +106,7 @@ class Frame:
     flags: int = 0
     tid: int = 0
     fds: list[int] = field(default_factory=list)
+    body: bytearray | None = None    # a ring WRITE_FILE's data, taken apart from the payload (see ringpoll)
 
 
 # Fixed parts of the payloads. Variable tails (names, data) follow them.
@@ -262,13 +263,15 @@ class Connection:
         self.state = State.CLOSED
 
 
-def decode_ring_frame(data: bytes, role: Role, max_payload: int = DEFAULT_MAX_PAYLOAD) -> Frame:
+def decode_ring_frame(data: bytes, role: Role, max_payload: int = DEFAULT_MAX_PAYLOAD, body_length: int = 0) -> Frame:
     """One whole frame taken from a shared-memory ring, with the checks the
-    socket path makes (rings never carry descriptors or handshakes)."""
+    socket path makes (rings never carry descriptors or handshakes).  With
+    `body_length`, `data` is the frame but for its last `body_length` bytes,
+    which were taken apart."""
     if len(data) < HEADER_SIZE:
         raise RemoteProtocolError("truncated ring frame")
     length, kind, flags, nfds, tid, rid = HEADER.unpack_from(data)
-    if length != len(data) - HEADER_SIZE or length > max_payload:
+    if length != len(data) - HEADER_SIZE + body_length or length > max_payload:
         raise RemoteProtocolError("ring frame length does not match")
     if kind not in _KINDS or kind in _NOT_IN_RINGS or nfds:
         raise RemoteProtocolError(f"frame kind {kind} may not travel in a ring")

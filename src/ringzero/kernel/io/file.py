@@ -477,10 +477,13 @@ def read_file(process, handle: int, length: int, offset: int, buf_addr: int, eve
 
 
 def write_file(process, handle: int, data, offset: int, buf_addr: int, event: int, reply: Reply,
-               rid: int = 0, tid: int = 0, overlapped: bool = False, length: int | None = None) -> None:
+               rid: int = 0, tid: int = 0, overlapped: bool = False, length: int | None = None,
+               captured: bool = False) -> None:
     """NtWriteFile.  `data` is None when the bytes are still in the program's
     buffer (`length` bytes at `buf_addr`): the I/O manager copies them from
-    there into the system buffer, as NT does in the caller's context."""
+    there into the system buffer, as NT does in the caller's context.  With
+    `captured`, `data` is a bytearray already copied from the program and
+    nobody else's: it becomes the system buffer as it is."""
     fo = _file_for(process, handle, acc.FILE_WRITE_DATA | acc.FILE_APPEND_DATA, reply)
     if fo is None:
         return
@@ -496,7 +499,7 @@ def write_file(process, handle: int, data, offset: int, buf_addr: int, event: in
                 reply.complete(None, st.STATUS_ACCESS_VIOLATION, 0, b"")
                 return
     else:
-        buf = bytearray(data)
+        buf = data if captured else bytearray(data)
     ev = None
     if event:
         ok, ev = _user_event(process, event, reply)
