@@ -15,6 +15,7 @@ reader's last byte.
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import socket
@@ -70,23 +71,36 @@ def rz_reader(total: int, chunk: int, ring: int, depth: int) -> None:
     report({"t1": t1, "bytes": got, "reads": reads})
 
 
-def rz_writer(total: int, chunk: int) -> None:
+def rz_writer(total: int, chunk: int, depth: int = 1) -> None:
     from ringzero.drivers.example_ioctl import EXAMPLE_BLOCKING_WRITES, IOCTL_EXAMPLE_SET_BLOCKING
-    from ringzero.win32 import win32file
-    h = _open_pipe()
+    from ringzero.win32 import pywintypes, win32file
+    from ringzero.win32.winerror import ERROR_IO_PENDING
+    h = _open_pipe(win32file.FILE_FLAG_OVERLAPPED if depth > 1 else 0)
     # a write that finds the ring full waits for the reader to make room, as a pipe's does
     win32file.DeviceIoControl(h, IOCTL_EXAMPLE_SET_BLOCKING, struct.pack("<I", EXAMPLE_BLOCKING_WRITES), 0)
     data = os.urandom(chunk)
     ready_then_wait()
     t0 = now()
-    sent = writes = 0
+    sent = writes = stored = 0
+    pending = collections.deque()     # overlapped writes waiting for room, oldest first
     while sent < total:
         n = min(chunk, total - sent)
-        _, w = win32file.WriteFile(h, data[:n] if n < chunk else data)
+        block = data[:n] if n < chunk else data
+        if depth == 1:
+            stored += win32file.WriteFile(h, block)[1]
+        else:
+            ov = pywintypes.OVERLAPPED()
+            hr, w = win32file.WriteFile(h, block, ov)
+            if hr == ERROR_IO_PENDING:
+                pending.append(ov)
+            else:
+                stored += w
+            while len(pending) >= depth or (pending and sent + n >= total):
+                stored += win32file.GetOverlappedResult(h, pending.popleft(), True)
         writes += 1
-        if w != n:
-            raise RuntimeError(f"a blocking write stored {w} of {n} bytes")
         sent += n
+    if stored != total:
+        raise RuntimeError(f"blocking writes stored {stored} of {total} bytes")
     report({"t0": t0, "bytes": sent, "writes": writes})
     h.Close()
 
@@ -120,8 +134,8 @@ def sock_writer(fd: int, total: int, chunk: int) -> None:
 
 # -- the runs ----------------------------------------------------------------------
 
-def run_ringzero(total: int, chunk: int, ring: int, depth: int) -> tuple[float, dict, dict]:
-    w, r = run_pair(role_command(MODULE, "rz-writer", str(total), str(chunk)),
+def run_ringzero(total: int, chunk: int, ring: int, depth: int, write_depth: int = 1) -> tuple[float, dict, dict]:
+    w, r = run_pair(role_command(MODULE, "rz-writer", str(total), str(chunk), str(write_depth)),
                     role_command(MODULE, "rz-reader", str(total), str(chunk), str(ring), str(depth)))
     if r["bytes"] != total:
         raise RuntimeError(f"the reader got {r['bytes']} of {total} bytes")
@@ -150,6 +164,8 @@ def main(argv=None) -> int:
     ap.add_argument("--ring", type=int, default=1 << 20, help="the context's ring-buffer size (default 1 MiB)")
     ap.add_argument("--depth", type=int, default=1,
                     help="overlapped reads the reader keeps pending (default 1: one synchronous read at a time)")
+    ap.add_argument("--write-depth", type=int, default=1,
+                    help="overlapped writes the writer keeps pending (default 1: one synchronous write at a time)")
     ap.add_argument("--json", action="store_true", help="end with one JSON line of the medians and spreads")
     ap.add_argument("--role", help=argparse.SUPPRESS)
     ap.add_argument("args", nargs="*", help=argparse.SUPPRESS)
@@ -167,11 +183,12 @@ def main(argv=None) -> int:
     client.start_embedded_kernel()       # a kernel of the benchmark's own; programs find it through the environment
     client.ensure_driver("Example", "ringzero.drivers.example")
     client.disconnect()
-    print(f"{a.runs} runs of {a.mib} MiB in {a.chunk}-byte chunks; Example ring {a.ring} bytes, {a.depth} read(s) pending; "
+    print(f"{a.runs} runs of {a.mib} MiB in {a.chunk}-byte chunks; Example ring {a.ring} bytes, "
+          f"{a.depth} read(s) and {a.write_depth} write(s) pending; "
           f"{os.cpu_count()} CPUs; Python {sys.version.split()[0]}")
     rz, sock = [], []
     for i in range(a.runs):
-        rate, w, r = run_ringzero(total, a.chunk, a.ring, a.depth)
+        rate, w, r = run_ringzero(total, a.chunk, a.ring, a.depth, a.write_depth)
         rz.append(rate)
         sock.append(run_socket(total, a.chunk))
         print(f"  run {i + 1}: Example {rz[-1]:.3f} GB/s ({w['writes']} writes, "

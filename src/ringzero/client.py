@@ -20,6 +20,7 @@ import mmap
 import os
 import select
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -58,6 +59,19 @@ ENV_USER_BUFFERS = "RINGZERO_USER_BUFFERS"   # "0": read and write data always t
 
 
 _PROGRAM = wire.Role.PROGRAM
+_REPLY = K.REPLY
+_REPLY_HEAD = struct.Struct("<IHBBIQIQ")     # a REPLY's header and fixed part: wire.HEADER then wire.REPLY
+_REPLY_FIXED = _REPLY_HEAD.size
+_tls = threading.local()
+
+
+def _thread_id() -> int:
+    """This thread's Linux tid (a request says which thread issued it), asked once per thread."""
+    try:
+        return _tls.tid
+    except AttributeError:
+        _tls.tid = tid = threading.get_native_id()
+        return tid
 
 
 class KernelNotRunning(ConnectionError):
@@ -85,7 +99,10 @@ class _Slot:
 class Connection:
     """Invariant: `_slots` has an entry for every request sent and not yet
     answered; only the holder of `_recv_lock` reads the socket; every change
-    to a slot is announced on `_cv`."""
+    to a slot, and every release of `_recv_lock`, is announced on `_cv` when
+    `_sleepers` (the threads in `_cv.wait`) is not 0.  A sleeper counts itself
+    and then looks at what it waits for, both under `_cv`'s lock; the one who
+    changes it does so and then reads the count, so one of them sees the other."""
 
     def __init__(self, path: str | None = None):
         self.path = path or paths.default_socket_path()
@@ -103,6 +120,7 @@ class Connection:
         self._send_lock = threading.Lock()
         self._recv_lock = threading.Lock()
         self._cv = threading.Condition(threading.Lock())
+        self._sleepers = 0
         self._slots: dict[int, _Slot] = {}
         self._rid = itertools.count(1)
         self._buf = bytearray(256 * 1024)
@@ -193,7 +211,7 @@ class Connection:
         slot.keep = keep
         self._slots[rid] = slot
         self.requests_sent += 1
-        data = wire.HEADER.pack(len(payload) + len(body), kind, flags, 0, threading.get_native_id(), rid) + payload
+        data = wire.HEADER.pack(len(payload) + len(body), kind, flags, 0, _thread_id(), rid) + payload
         ring = self.req_ring
         if ring is not None:
             with self._send_lock:
@@ -233,14 +251,22 @@ class Connection:
                         break
                     self._pump(None if deadline is None else max(0.0, deadline - time.monotonic()))
                 finally:
-                    with self._cv:
-                        self._recv_lock.release()
-                        self._cv.notify_all()
+                    self._recv_lock.release()
+                    self._announce()
             else:
                 with self._cv:
-                    if not (slot.done or (until_pending and slot.pending)) and self._recv_lock.locked():
-                        self._cv.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
+                    self._sleepers += 1
+                    try:
+                        if not (slot.done or (until_pending and slot.pending)) and self._recv_lock.locked():
+                            self._cv.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
+                    finally:
+                        self._sleepers -= 1
         return True
+
+    def _announce(self) -> None:
+        if self._sleepers:
+            with self._cv:
+                self._cv.notify_all()
 
     def _pump(self, timeout: float | None = None) -> None:
         """Deliver what has arrived, waiting up to `timeout` for something.
@@ -290,6 +316,17 @@ class Connection:
                 view = ring.peek()
                 if view is None:
                     return got
+                if len(view) >= _REPLY_FIXED and view[4] == _REPLY and not view[5] and not view[7]:
+                    # the common case, a reply, delivered where it lies with no Frame made
+                    length, _, _, _, _, rid, status, info = _REPLY_HEAD.unpack_from(view)
+                    if length != len(view) - wire.HEADER_SIZE:
+                        raise wire.RemoteProtocolError("ring frame length does not match")
+                    got = True
+                    try:
+                        self._deliver_reply(rid, status, info, view, _REPLY_FIXED)
+                    finally:
+                        ring.advance()
+                    continue
                 # delivered where it lies: _deliver copies what it keeps
                 f = wire.decode_ring_frame(view, _PROGRAM)
             except wire.ProtocolError as e:
@@ -338,35 +375,37 @@ class Connection:
             self._socket_frames += 1
             self._deliver(f)
 
+    def _deliver_reply(self, rid: int, status: int, info: int, frame, data_off: int) -> None:
+        """A REPLY: its data is frame[data_off:]."""
+        slot = self._slots.pop(rid, None)
+        if slot is None:
+            return
+        slot.status, slot.info = status, info
+        slot.keep = None
+        n = len(frame) - data_off
+        if n:
+            if slot.sink is not None:
+                memoryview(slot.sink).cast("B")[:n] = frame[data_off:]
+            else:
+                slot.data = bytes(frame[data_off:])
+        slot.done = True
+        self._announce()
+
     def _deliver(self, f: wire.Frame) -> None:
         kind = f.kind
         if kind == K.REPLY:
-            slot = self._slots.pop(f.rid, None)
-            if slot is None:
-                return
-            slot.status, slot.info = wire.REPLY.unpack_from(f.payload)
-            slot.keep = None
-            n = len(f.payload) - wire.REPLY.size
-            if slot.sink is not None:
-                if n:
-                    memoryview(slot.sink).cast("B")[:n] = f.payload[wire.REPLY.size:]
-            elif n:
-                slot.data = bytes(f.payload[wire.REPLY.size:])
-            with self._cv:
-                slot.done = True
-                self._cv.notify_all()
+            status, info = wire.REPLY.unpack_from(f.payload)
+            self._deliver_reply(f.rid, status, info, f.payload, wire.REPLY.size)
         elif kind == K.PENDING:
             slot = self._slots.get(f.rid)
             if slot is not None:
-                with self._cv:
-                    slot.pending = True
-                    self._cv.notify_all()
+                slot.pending = True
+                self._announce()
         elif kind == K.PUSH:
             slot = self._slots.get(f.rid)
             if slot is not None and slot.push is not None:
-                with self._cv:
-                    slot.push.append(bytes(f.payload))
-                    self._cv.notify_all()
+                slot.push.append(bytes(f.payload))
+                self._announce()
         elif kind == K.MAP_VIEW:
             self._map_view(f)
         elif kind == K.UNMAP_VIEW:
@@ -427,10 +466,11 @@ _conn_lock = threading.Lock()
 
 
 def connection() -> Connection:
-    """This process's connection, made on first use (and anew after fork)."""
+    """This process's connection, made on first use (and anew after fork:
+    _after_fork drops the parent's in the child)."""
     global _conn
     c = _conn
-    if c is not None and c.pid == os.getpid() and not c.closed:
+    if c is not None and not c.closed:
         return c
     with _conn_lock:
         c = _conn
@@ -449,8 +489,9 @@ def disconnect() -> None:
 
 
 def _after_fork() -> None:
-    global _conn, _conn_lock
+    global _conn, _conn_lock, _tls
     _conn_lock = threading.Lock()
+    _tls = threading.local()         # the child's thread has a tid of its own
     c, _conn = _conn, None
     if c is not None:
         try:

@@ -69,12 +69,20 @@ def _writable(buf) -> bool:
         return False
 
 
+def _bytes_data_offset() -> int:
+    probe = b"probe"
+    return ctypes.cast(ctypes.c_char_p(probe), ctypes.c_void_p).value - id(probe)
+
+
+# where a bytes object's data lies from its start (its header's size), measured once
+_BYTES_DATA = _bytes_data_offset()
+
+
 def _data_address(data) -> tuple[int, object]:
     """(address, owner) of the bytes of `data` in this process, copying them
     only if they are in no buffer ctypes can point at."""
-    if isinstance(data, bytes):
-        owner = ctypes.c_char_p(data)          # points into the bytes object itself
-        return ctypes.cast(owner, ctypes.c_void_p).value, (owner, data)
+    if type(data) is bytes:
+        return id(data) + _BYTES_DATA, data    # the bytes object's own storage, alive while `data` is
     mv = memoryview(data).cast("B")
     if mv.readonly:
         return _data_address(bytes(mv))

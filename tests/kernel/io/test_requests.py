@@ -289,6 +289,34 @@ def test_driver_set_event_wakes_a_thread_of_the_program_waiting_meanwhile(rec):
     h.Close()
 
 
+def test_threads_of_one_program_share_its_connection_and_every_answer_reaches_its_thread(rec):
+    """Whichever thread holds the receive role delivers the others' answers and
+    wakes them; a thread that only waits sleeps until it is told."""
+    import threading
+    h = open_rec()
+    mine = win32file.DeviceIoControl(h, R.IOCTL_WHOAMI, None, 16)
+    errors, done = [], []
+
+    def worker(k):
+        try:
+            for i in range(150):
+                n = (k * 7 + i) % 60
+                if fill(h, n, 0, 64, byte=k + 1) != bytes([k + 1]) * n:
+                    errors.append((k, i))
+            done.append(k)
+        except Exception as e:      # reported below, with the thread's number
+            errors.append((k, repr(e)))
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == [] and sorted(done) == list(range(6))
+    assert win32file.DeviceIoControl(h, R.IOCTL_WHOAMI, None, 16) == mine
+    h.Close()
+
+
 def test_driver_fault_fails_the_irp_and_the_kernel_goes_on(rec):
     h = open_rec()
     with pytest.raises(pywintypes.error) as e:

@@ -74,6 +74,7 @@ def _new_irp(fo: FILE_OBJECT, major: int, process, reply: Reply, rid: int = 0, t
              overlapped: bool = False) -> IRP:
     dev = fo.DeviceObject.top_of_stack()
     irp = IRP(dev.StackSize)
+    irp.io_device = dev
     irp.major = major
     irp.process = process
     irp.file = fo
@@ -94,7 +95,7 @@ def _send(irp: IRP) -> None:
     """Hand `irp` to the top of its device stack and enforce NT's contract on
     what the dispatch routine returns."""
     fo = irp.file
-    dev = fo.DeviceObject.top_of_stack()
+    dev = irp.io_device
     ob.reference(fo)  # the IRP's reference, dropped in _complete
     proc = irp.process
     if proc is not None:
@@ -311,8 +312,7 @@ def _file_delete(fo: FILE_OBJECT) -> None:
 
 
 def _send_close(irp: IRP) -> None:
-    fo = irp.file
-    dev = fo.DeviceObject.top_of_stack()
+    dev = irp.io_device
     try:
         status = IoCallDriver(dev, irp)
     except Exception as exc:
@@ -470,7 +470,7 @@ def read_file(process, handle: int, length: int, offset: int, buf_addr: int, eve
     p.Length = length
     p.ByteOffset = fo.CurrentByteOffset if offset < 0 else offset
     irp.out_length = length
-    _attach_buffer(irp, fo, bytearray(length), buf_addr, process)
+    _attach_buffer(irp, bytearray(length), buf_addr, process)
     if user_buffer and buf_addr and irp.io_kind != _KIND_NEITHER:
         irp.copy_back = UserAddress(buf_addr, process.pid, length)
     _send(irp)
@@ -510,13 +510,13 @@ def write_file(process, handle: int, data, offset: int, buf_addr: int, event: in
     p = irp.Stack[0].Parameters
     p.Length = len(buf)
     p.ByteOffset = fo.CurrentByteOffset if offset < 0 else offset
-    _attach_buffer(irp, fo, buf, buf_addr, process)
+    _attach_buffer(irp, buf, buf_addr, process)
     irp.io_kind = _KIND_INTERNAL  # a write copies nothing back
     _send(irp)
 
 
-def _attach_buffer(irp: IRP, fo: FILE_OBJECT, buf: bytearray, addr: int, process) -> None:
-    flags = fo.DeviceObject.top_of_stack().Flags
+def _attach_buffer(irp: IRP, buf: bytearray, addr: int, process) -> None:
+    flags = irp.io_device.Flags
     if flags & irpc.DO_BUFFERED_IO:
         irp.AssociatedIrp.SystemBuffer = buf
         irp.io_kind = _KIND_BUFFERED
