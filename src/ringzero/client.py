@@ -20,7 +20,6 @@ import mmap
 import os
 import select
 import socket
-import struct
 import subprocess
 import sys
 import threading
@@ -60,7 +59,7 @@ ENV_USER_BUFFERS = "RINGZERO_USER_BUFFERS"   # "0": read and write data always t
 
 _PROGRAM = wire.Role.PROGRAM
 _REPLY = K.REPLY
-_REPLY_HEAD = struct.Struct("<IHBBIQIQ")     # a REPLY's header and fixed part: wire.HEADER then wire.REPLY
+_REPLY_HEAD = wire.REPLY_HEAD                # a REPLY's header and fixed part
 _REPLY_FIXED = _REPLY_HEAD.size
 _tls = threading.local()
 

@@ -64,6 +64,7 @@ OFF_REQ_POLLED, OFF_RESP_WAITING = 320, 384
 PAD_KIND = 0
 
 _U64 = struct.Struct("@Q")
+_LENGTH_KIND = struct.Struct("<IH")      # the start of a frame's header
 
 
 def _counters(mv: memoryview) -> memoryview:
@@ -195,7 +196,7 @@ class Ring:
             if room < HEADER_SIZE:
                 self._advance(tail + room)
                 continue
-            length, kind = struct.unpack_from("<IH", self.data, off)
+            length, kind = _LENGTH_KIND.unpack_from(self.data, off)
             if kind == PAD_KIND:
                 if length != room - HEADER_SIZE:
                     raise RemoteProtocolError("malformed ring padding")

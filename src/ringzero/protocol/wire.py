@@ -297,12 +297,12 @@ def welcome(kernel_pid: int, program_pid: int, max_payload: int) -> Frame:
     return Frame(Kind.WELCOME, payload=WELCOME.pack(MAGIC, VERSION, 0, kernel_pid, program_pid, max_payload))
 
 
-_REPLY_HEAD = struct.Struct("<IHBBIQIQ")      # HEADER then REPLY, packed at once
+REPLY_HEAD = struct.Struct("<IHBBIQIQ")       # HEADER then REPLY, packed or unpacked at once
 
 
 def reply_head(rid: int, status: int, information: int, data_length: int) -> bytes:
     """The bytes of a REPLY frame up to its data (`data_length` bytes follow)."""
-    return _REPLY_HEAD.pack(REPLY.size + data_length, _REPLY, 0, 0, 0, rid, status & 0xFFFFFFFF, information)
+    return REPLY_HEAD.pack(REPLY.size + data_length, _REPLY, 0, 0, 0, rid, status & 0xFFFFFFFF, information)
 
 
 def reply(rid: int, status: int, information: int = 0, data: bytes | bytearray | memoryview = b"") -> bytes:

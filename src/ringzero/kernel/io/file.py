@@ -376,11 +376,6 @@ def _file_entry(process, handle: int, need: int, reply: Reply):
     return e
 
 
-def _file_for(process, handle: int, need: int, reply: Reply):
-    e = _file_entry(process, handle, need, reply)
-    return e.obj if e is not None else None
-
-
 def _user_event(process, event_handle: int, reply: Reply):
     """The OVERLAPPED event: referenced, and reset, as the I/O manager does at issue."""
     try:
@@ -453,9 +448,10 @@ def read_file(process, handle: int, length: int, offset: int, buf_addr: int, eve
               rid: int = 0, tid: int = 0, overlapped: bool = False, user_buffer: bool = False) -> None:
     """NtReadFile.  With `user_buffer` the copy-back goes straight into the
     program's buffer at `buf_addr` rather than into the reply."""
-    fo = _file_for(process, handle, acc.FILE_READ_DATA, reply)
-    if fo is None:
+    entry = _file_entry(process, handle, acc.FILE_READ_DATA, reply)
+    if entry is None:
         return
+    fo = entry.obj
     if length > MAX_SYSTEM_BUFFER:
         reply.complete(None, st.STATUS_INSUFFICIENT_RESOURCES, 0, b"")
         return
@@ -484,9 +480,10 @@ def write_file(process, handle: int, data, offset: int, buf_addr: int, event: in
     there into the system buffer, as NT does in the caller's context.  With
     `captured`, `data` is a bytearray already copied from the program and
     nobody else's: it becomes the system buffer as it is."""
-    fo = _file_for(process, handle, acc.FILE_WRITE_DATA | acc.FILE_APPEND_DATA, reply)
-    if fo is None:
+    entry = _file_entry(process, handle, acc.FILE_WRITE_DATA | acc.FILE_APPEND_DATA, reply)
+    if entry is None:
         return
+    fo = entry.obj
     if data is None:
         if length > MAX_SYSTEM_BUFFER:
             reply.complete(None, st.STATUS_INSUFFICIENT_RESOURCES, 0, b"")
