@@ -709,6 +709,21 @@ def test_usedriver2_reports_a_full_pipe(ex):
     assert win32file.ReadFile(h, 100) == (0, b"12345\n67")
 
 
+def test_usedriver2_wait_waits_for_room_instead_of_cutting_lines(ex):
+    h = pipe("HELLO")
+    set_size(h, 8)
+    w = sample(ex, "usedriver2", "HELLO", "--wait", stdin=subprocess.PIPE)
+    w.stdin.write("12345\n67890\n")
+    w.stdin.close()
+    assert wait_until(lambda: query(h).PendingWrites == 1)     # the second line waits for room
+    got = bytearray()
+    while len(got) < 12:
+        got += win32file.ReadFile(h, 5)[1]
+    assert got == b"12345\n67890\n"
+    assert w.wait(60) == 0
+    assert "full" not in w.stderr.read()
+
+
 def test_usedriver3_follow_prints_as_data_arrives_until_interrupted(ex):
     h = pipe("HELLO")
     r = sample(ex, "usedriver3", "HELLO", "--follow", stdin=subprocess.DEVNULL)
