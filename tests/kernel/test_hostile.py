@@ -337,6 +337,55 @@ def test_outstanding_request_quota(tmp_path, monkeypatch):
         k.stop()
 
 
+def test_pending_requests_hold_no_more_system_buffers_than_the_programs_quota(tmp_path, monkeypatch):
+    """Blocking reads and writes that pend keep their system buffers; a program
+    that piles them up meets its quota (ERROR_NOT_ENOUGH_QUOTA), as NT charges
+    them to its pool quota, and gets it back as they complete or are cancelled.
+    Another program's quota is its own."""
+    from ringzero.drivers.example_ioctl import EXAMPLE_BLOCKING_READS, IOCTL_EXAMPLE_SET_BLOCKING
+    k = _quota_kernel(tmp_path, monkeypatch, "--max-io-memory", "1M")
+    try:
+        k.load("ringzero.drivers.example", "Example")
+        h = win32file.CreateFile("\\\\.\\Example\\Q", win32con.GENERIC_READ | win32con.GENERIC_WRITE, 0, None,
+                                 win32con.OPEN_EXISTING, win32con.FILE_FLAG_OVERLAPPED, None)
+        win32file.DeviceIoControl(h, IOCTL_EXAMPLE_SET_BLOCKING, struct.pack("<I", EXAMPLE_BLOCKING_READS), 0)
+        pending = []
+        with pytest.raises(pywintypes.error) as e:
+            for _ in range(10):
+                ov = pywintypes.OVERLAPPED()
+                hr, _ = win32file.ReadFile(h, 300 << 10, ov)
+                assert hr == winerror.ERROR_IO_PENDING
+                pending.append(ov)
+        assert e.value.winerror == winerror.ERROR_NOT_ENOUGH_QUOTA
+        assert len(pending) == 3                       # 3 x 300 KiB fit in 1 MiB, a fourth does not
+        k.run("""
+            from ringzero.win32 import win32file, win32con
+            h = win32file.CreateFile("\\\\\\\\.\\\\Example\\\\Q", win32con.GENERIC_READ | win32con.GENERIC_WRITE,
+                                     0, None, win32con.OPEN_EXISTING, 0, None)
+            # 900 KiB of system buffer while the reader holds 900 KiB: another program's quota is its own
+            assert win32file.WriteFile(h, b"x" * (900 << 10))[1] == 900 << 10
+        """)
+        for ov in pending:                             # the write filled the three pending reads
+            assert win32file.GetOverlappedResult(h, ov, True) == 300 << 10
+        pending = []
+        for _ in range(3):                             # the quota came back
+            ov = pywintypes.OVERLAPPED()
+            assert win32file.ReadFile(h, 300 << 10, ov)[0] == winerror.ERROR_IO_PENDING
+            pending.append(ov)
+        win32file.CancelIo(h)
+        for ov in pending:
+            with pytest.raises(pywintypes.error) as e:
+                win32file.GetOverlappedResult(h, ov, True)
+            assert e.value.winerror == winerror.ERROR_OPERATION_ABORTED
+        ov = pywintypes.OVERLAPPED()
+        assert win32file.ReadFile(h, 900 << 10, ov)[0] == winerror.ERROR_IO_PENDING   # and back again
+        win32file.CancelIo(h)
+        h.Close()
+        others_carry_on(k)
+    finally:
+        k.stop()
+
+
 def test_pool_limit_fails_allocations_not_the_kernel(tmp_path, monkeypatch):
     """A program that makes a driver allocate without end (the Example driver
     allocates a context per name and a ring of any size it is asked for) finds

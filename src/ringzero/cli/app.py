@@ -54,8 +54,11 @@ class _Size(click.ParamType):
 @click.option("--max-pool", type=_Size(), default=None, metavar="SIZE",
               help="Pool the drivers may have allocated at once (bytes, or 512M, 2G...); past it "
                    "ExAllocatePool returns NULL.  [default: a quarter of this machine's memory]")
+@click.option("--max-io-memory", type=_Size(), default=None, metavar="SIZE",
+              help="System buffers one program's outstanding requests may hold at once (its pool quota); "
+                   "past it a request fails with ERROR_NOT_ENOUGH_QUOTA.  [default: 256M]")
 def kernel(socket_path, loads, state_dir, verbose, no_verifier, fault_limit, max_handles, max_pending,
-           max_pool) -> None:
+           max_pool, max_io_memory) -> None:
     """Run the kernel host in the foreground until Ctrl-C / SIGTERM.
 
     Drivers' DriverUnload runs for each loaded driver at shutdown, and the
@@ -64,4 +67,4 @@ def kernel(socket_path, loads, state_dir, verbose, no_verifier, fault_limit, max
     """
     from ringzero.kernel.boot import run
     sys.exit(run(socket_path, list(loads), state_dir, verbose, False, not no_verifier, fault_limit, max_handles,
-                 max_pending, max_pool))
+                 max_pending, max_pool, max_io_memory))

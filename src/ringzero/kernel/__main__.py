@@ -18,9 +18,10 @@ def main(argv=None) -> int:
     ap.add_argument("--max-handles", type=int, default=1 << 20)
     ap.add_argument("--max-pending", type=int, default=0)
     ap.add_argument("--max-pool", type=parse_size, default=None)
+    ap.add_argument("--max-io-memory", type=parse_size, default=None)
     a = ap.parse_args(argv)
     return run(a.socket, a.load, a.state, a.verbose, a.quiet, not a.no_verifier, a.fault_limit, a.max_handles,
-               a.max_pending, a.max_pool)
+               a.max_pending, a.max_pool, a.max_io_memory)
 
 
 if __name__ == "__main__":

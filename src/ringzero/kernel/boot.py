@@ -13,6 +13,7 @@ from ringzero.kernel import calls as _calls  # noqa: F401  (registers the CALL m
 from ringzero.kernel import dbg, system, verifier
 from ringzero.kernel.host import KernelHost
 from ringzero.kernel.io import driver as iodriver
+from ringzero.kernel.io import file as iofile
 from ringzero.kernel.ke import timer
 from ringzero.kernel.mm import pool
 
@@ -106,10 +107,12 @@ def parse_size(text: str) -> int:
 
 def run(socket_path: str | None, loads: list[str], state_dir: str | None, verbose: bool, quiet: bool = False,
         verifier_enabled: bool = True, fault_limit: int = 0, max_handles: int = 1 << 20, max_pending: int = 0,
-        max_pool: int | None = None) -> int:
+        max_pool: int | None = None, max_io_memory: int | None = None) -> int:
     """Foreground kernel: prints where it listens, stops cleanly on SIGINT/SIGTERM."""
     if max_pool is not None:
         pool.limit = max_pool
+    if max_io_memory is not None:
+        iofile.io_quota = max_io_memory
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s", stream=sys.stderr)
     _raise_fd_limit()
     _lean_threads()

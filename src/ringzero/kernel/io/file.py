@@ -39,6 +39,26 @@ _KIND_BUFFERED, _KIND_DIRECT, _KIND_NEITHER, _KIND_CREATE, _KIND_INTERNAL, _KIND
 # quota-charged pool allocation failing): no reply can carry more anyway.
 MAX_SYSTEM_BUFFER = 16 * 1024 * 1024
 
+# The system buffers one program's outstanding requests may hold at once, as
+# NT charges them to the process's pool quota: pending reads and writes cannot
+# grow the kernel without bound.  Past it a request fails with
+# STATUS_QUOTA_EXCEEDED (ERROR_NOT_ENOUGH_QUOTA).  `ringzero kernel --max-io-memory`.
+io_quota = 256 * 1024 * 1024
+
+
+def _charge(process, n: int, reply: Reply) -> int | None:
+    """Charge `n` bytes of system buffers to `process`: the bytes charged (0
+    for the kernel's own requests), or None if that would pass its quota (the
+    request is then answered here)."""
+    if not n or process is None or process.is_system:
+        return 0
+    with process.lock:
+        if process.io_charged + n <= io_quota:
+            process.io_charged += n
+            return n
+    reply.complete(None, st.STATUS_QUOTA_EXCEEDED, 0, b"")
+    return None
+
 
 class Reply:
     """Where a request's answer goes.  The host implements it for programs;
@@ -146,6 +166,12 @@ def _dispatch_fault(irp: IRP, exc: Exception) -> int:
     return status
 
 
+def _uncharge(process, n: int) -> None:
+    if n:
+        with process.lock:
+            process.io_charged -= n
+
+
 def _complete(irp: IRP) -> None:
     """IopCompleteRequest: runs once per IRP, in whatever thread completed it."""
     status = irp.IoStatus.Status & 0xFFFFFFFF
@@ -179,6 +205,7 @@ def _complete(irp: IRP) -> None:
     if proc is not None:
         with proc.lock:
             proc.pending.discard(irp)
+            proc.io_charged -= irp.io_charge
     ev = irp.user_event_obj
     reply = irp.io_reply
     try:
@@ -404,15 +431,21 @@ def device_io_control(process, handle: int, code: int, in_data, out_length: int,
     if out_length > MAX_SYSTEM_BUFFER and code & 3 != ioc.METHOD_NEITHER:
         reply.complete(None, st.STATUS_INSUFFICIENT_RESOURCES, 0, b"")
         return
+    in_length = len(in_data) if in_addr == 0 or in_data else 0
+    method = code & 3
+    charge = _charge(process, 0 if method == ioc.METHOD_NEITHER else
+                     max(in_length, out_length) if method == ioc.METHOD_BUFFERED else in_length + out_length, reply)
+    if charge is None:
+        return
     ev = None
     if event:
         ok, ev = _user_event(process, event, reply)
         if not ok:
+            _uncharge(process, charge)
             return
     irp = _new_irp(fo, IRP_MJ_DEVICE_CONTROL, process, reply, rid, tid, overlapped)
+    irp.io_charge = charge
     irp.user_event_obj = ev
-    in_length = len(in_data) if in_addr == 0 or in_data else 0
-    method = code & 3
     p = irp.Stack[0].Parameters
     p.IoControlCode = code
     p.OutputBufferLength = out_length
@@ -455,12 +488,17 @@ def read_file(process, handle: int, length: int, offset: int, buf_addr: int, eve
     if length > MAX_SYSTEM_BUFFER:
         reply.complete(None, st.STATUS_INSUFFICIENT_RESOURCES, 0, b"")
         return
+    charge = _charge(process, length, reply)
+    if charge is None:
+        return
     ev = None
     if event:
         ok, ev = _user_event(process, event, reply)
         if not ok:
+            _uncharge(process, charge)
             return
     irp = _new_irp(fo, IRP_MJ_READ, process, reply, rid, tid, overlapped)
+    irp.io_charge = charge
     irp.user_event_obj = ev
     p = irp.Stack[0].Parameters
     p.Length = length
@@ -488,21 +526,30 @@ def write_file(process, handle: int, data, offset: int, buf_addr: int, event: in
         if length > MAX_SYSTEM_BUFFER:
             reply.complete(None, st.STATUS_INSUFFICIENT_RESOURCES, 0, b"")
             return
+        charge = _charge(process, length, reply)
+        if charge is None:
+            return
         buf = bytearray(length)
         if fo.DeviceObject.top_of_stack().Flags & (irpc.DO_BUFFERED_IO | irpc.DO_DIRECT_IO):
             try:
                 read_into(process.pid, buf_addr, buf)
             except AccessViolation:
+                _uncharge(process, charge)
                 reply.complete(None, st.STATUS_ACCESS_VIOLATION, 0, b"")
                 return
     else:
+        charge = _charge(process, len(data), reply)
+        if charge is None:
+            return
         buf = data if captured else bytearray(data)
     ev = None
     if event:
         ok, ev = _user_event(process, event, reply)
         if not ok:
+            _uncharge(process, charge)
             return
     irp = _new_irp(fo, IRP_MJ_WRITE, process, reply, rid, tid, overlapped)
+    irp.io_charge = charge
     irp.user_event_obj = ev
     p = irp.Stack[0].Parameters
     p.Length = len(buf)

@@ -257,7 +257,7 @@ class IRP:
                  "UserBuffer", "RequestorMode", "PendingReturned", "Cancel", "CancelIrql", "CancelRoutine",
                  "Flags", "Tail", "UserEvent", "completed", "process", "file", "rid", "tid", "overlapped",
                  "on_complete", "reply_sent", "major", "user_event_obj", "out_length", "driver", "copy_back",
-                 "io_kind", "io_reply", "io_device", "__weakref__")
+                 "io_kind", "io_reply", "io_device", "io_charge", "__weakref__")
 
     def __init__(self, StackSize: int):
         self.Type = 6
@@ -292,4 +292,5 @@ class IRP:
         self.io_kind = 0            # the I/O manager's: how the buffers were passed (file.py's _KIND_*)
         self.io_reply = None        # the I/O manager's: where the answer goes (a file.Reply)
         self.io_device = None       # the I/O manager's: the top of the stack it was built for and sent to
+        self.io_charge = 0          # the I/O manager's: bytes of system buffers charged to the process
 
