@@ -37,11 +37,11 @@ class StandIn:
         pass
 
 
-def channel(conn):
-    region = mmap.mmap(-1, rings.region_size(SIZE))
-    rings.init_region(memoryview(region), SIZE)
-    producer, _ = rings.program_side(memoryview(region), SIZE)
-    ch = ringpoll.Channel(conn, region, SIZE, os.eventfd(0, os.EFD_NONBLOCK), os.eventfd(0, os.EFD_NONBLOCK))
+def channel(conn, size=SIZE):
+    region = mmap.mmap(-1, rings.region_size(size))
+    rings.init_region(memoryview(region), size)
+    producer, _ = rings.program_side(memoryview(region), size)
+    ch = ringpoll.Channel(conn, region, size, os.eventfd(0, os.EFD_NONBLOCK), os.eventfd(0, os.EFD_NONBLOCK))
     return ch, producer
 
 
@@ -168,4 +168,58 @@ def test_the_kernel_rings_a_program_only_when_it_sleeps():
         assert _readable(ch.resp_efd)
         assert program_resp.get() is not None and program_resp.get() is not None
     finally:
+        ch.close()
+
+
+class Recorder(StandIn):
+    """Records how the poller handed each request over."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+        self.aborted = False
+
+    def serve(self, frame):
+        self.calls.append(("serve", frame.kind, bytes(frame.payload)))
+        super().serve(frame)
+
+    def serve_read(self, *fields):
+        self.calls.append(("read", *fields))
+        super().serve(None)
+
+    def serve_write(self, rid, tid, flags, h, offset, addr, event, data):
+        self.calls.append(("write", rid, tid, flags, h, offset, addr, event, type(data), bytes(data)))
+        super().serve(None)
+
+    def abort(self):
+        self.aborted = True
+
+
+def test_reads_and_writes_are_taken_apart_in_one_step_and_anything_else_decoded(monkeypatch):
+    from ringzero.kernel import system
+    counters = {"protocol_errors": 0}
+    monkeypatch.setattr(system, "get", lambda: SimpleNamespace(counters=counters))
+    conn = Recorder()
+    ch, producer = channel(conn, rings.DEFAULT_SIZE)
+    poller = ringpoll.Poller()
+    try:
+        big = bytes(range(256)) * 20                     # past the size a write is taken apart at
+        read = wire.READ_FRAME.pack(wire.READ.size, wire.Kind.READ_FILE, 1, 0, 77, 5, 4, 100, -1, 0x1000, 0)
+        write = wire.WRITE_HEAD.pack(wire.WRITE.size + len(big), wire.Kind.WRITE_FILE, 0, 0, 77, 6, 4, -1, 0, 0)
+        small = wire.WRITE_HEAD.pack(wire.WRITE.size + 3, wire.Kind.WRITE_FILE, 0, 0, 77, 7, 4, -1, 0, 0)
+        assert len(write) + len(big) > ringpoll._SPLIT_MIN
+        assert producer.put(read) and producer.put(write, big) and producer.put(small, b"abc")
+        poller.register(ch)
+        assert wait_until(lambda: conn.served == 3)
+        assert conn.calls[0] == ("read", 5, 77, 1, 4, 100, -1, 0x1000, 0)
+        assert conn.calls[1] == ("write", 6, 77, 0, 4, -1, 0, 0, bytearray, big)
+        assert conn.calls[2][:2] == ("serve", wire.Kind.WRITE_FILE) and conn.calls[2][2].endswith(b"abc")
+        # a read that claims to carry descriptors is the program's protocol error
+        bad = wire.READ_FRAME.pack(wire.READ.size, wire.Kind.READ_FILE, 0, 1, 77, 8, 4, 100, -1, 0, 0)
+        assert producer.put(bad)
+        os.eventfd_write(ch.req_efd, 1)
+        assert wait_until(lambda: conn.aborted)
+        assert conn.served == 3 and counters["protocol_errors"] == 1
+    finally:
+        poller.stop()
         ch.close()

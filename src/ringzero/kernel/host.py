@@ -332,27 +332,62 @@ class ProgramConnection:
         STATUS_INTERNAL_ERROR, so the program gets an answer, not a hang."""
         try:
             self._dispatch(f)
-        except struct.error as e:
-            raise wire.RemoteProtocolError(f"truncated {Kind(f.kind).name} payload ({e})") from None
-        except wire.ProtocolError:
-            raise
         except Exception as e:
-            dbg.fault(f"{Kind(f.kind).name} request of pid {self.process.pid if self.process else '?'}", e)
-            if f.kind not in (K.HELLO, K.UPCALL_REPLY):
-                self._reply(f.rid, st.STATUS_INTERNAL_ERROR)
+            self._failed(f.kind, f.rid, e)
+
+    def serve_read(self, rid: int, tid: int, flags: int, h: int, length: int, offset: int, addr: int,
+                   event: int) -> None:
+        """A READ_FILE the ring poller took apart itself, served as serve() would."""
+        try:
+            proc = self._admit(K.READ_FILE, rid, tid)
+            if proc is not None:
+                iofile.read_file(proc, h, length, offset, addr, event, _Req(self, rid), rid, tid,
+                                 bool(flags & wire.FLAG_OVERLAPPED), self._user_buffer(flags))
+        except Exception as e:
+            self._failed(K.READ_FILE, rid, e)
+
+    def serve_write(self, rid: int, tid: int, flags: int, h: int, offset: int, addr: int, event: int,
+                    data: bytearray) -> None:
+        """A WRITE_FILE the ring poller took apart itself, its data already
+        copied out of the ring into a buffer of its own (which becomes the
+        system buffer as it is), served as serve() would."""
+        try:
+            proc = self._admit(K.WRITE_FILE, rid, tid)
+            if proc is not None:
+                iofile.write_file(proc, h, data, offset, addr, event, _Req(self, rid), rid, tid,
+                                  bool(flags & wire.FLAG_OVERLAPPED), len(data), captured=True)
+        except Exception as e:
+            self._failed(K.WRITE_FILE, rid, e)
+
+    def _failed(self, kind: int, rid: int, e: Exception) -> None:
+        if isinstance(e, struct.error):
+            raise wire.RemoteProtocolError(f"truncated {Kind(kind).name} payload ({e})") from None
+        if isinstance(e, wire.ProtocolError):
+            raise e
+        dbg.fault(f"{Kind(kind).name} request of pid {self.process.pid if self.process else '?'}", e)
+        if kind not in (K.HELLO, K.UPCALL_REPLY):
+            self._reply(rid, st.STATUS_INTERNAL_ERROR)
+
+    def _admit(self, kind: int, rid: int, tid: int):
+        """The requesting process, counted; None if the request was refused
+        here (too many outstanding already)."""
+        proc = self.process
+        current.program_thread = tid
+        proc.counters["requests"] += 1
+        if kind in _IRP_KINDS and self.host.pending_limit and len(proc.pending) >= self.host.pending_limit:
+            self._reply(rid, st.STATUS_INSUFFICIENT_RESOURCES)
+            return None
+        return proc
 
     def _dispatch(self, f: wire.Frame) -> None:
         kind = f.kind
         if kind == K.HELLO:
             self._hello()
             return
-        proc = self.process
-        current.program_thread = f.tid
-        proc.counters["requests"] += 1
         p = f.payload
         rid = f.rid
-        if kind in _IRP_KINDS and self.host.pending_limit and len(proc.pending) >= self.host.pending_limit:
-            self._reply(rid, st.STATUS_INSUFFICIENT_RESOURCES)
+        proc = self._admit(kind, rid, f.tid)
+        if proc is None:
             return
         if kind == K.DEVICE_IO_CONTROL:
             h, code, in_len, out_len, in_addr, out_addr, event = wire.IOCTL.unpack_from(p)
@@ -367,17 +402,14 @@ class ProgramConnection:
                              bool(f.flags & wire.FLAG_OVERLAPPED), self._user_buffer(f.flags))
         elif kind == K.WRITE_FILE:
             h, offset, addr, event = wire.WRITE.unpack_from(p)
-            captured = f.body               # the data, already copied out of the ring into a buffer of its own
-            if captured is not None:
-                data, length = captured, len(captured)
-            elif self._user_buffer(f.flags):
+            if self._user_buffer(f.flags):
                 (length,) = wire.WRITE_LENGTH.unpack_from(p, wire.WRITE.size)
                 data = None
             else:
                 data = p[wire.WRITE.size:]
                 length = len(data)
             iofile.write_file(proc, h, data, offset, addr, event, _Req(self, rid), rid, f.tid,
-                              bool(f.flags & wire.FLAG_OVERLAPPED), length, captured=captured is not None)
+                              bool(f.flags & wire.FLAG_OVERLAPPED), length)
         elif kind == K.CREATE_FILE:
             access, share, disp, flags, nlen = wire.CREATE_FILE.unpack_from(p)
             name = bytes(p[wire.CREATE_FILE.size:wire.CREATE_FILE.size + nlen]).decode("utf-8", "replace")

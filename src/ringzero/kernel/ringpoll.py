@@ -27,9 +27,12 @@ from ringzero.protocol import ring as rings
 from ringzero.protocol import wire
 
 _KERNEL = wire.Role.KERNEL
-_WRITE_FILE = wire.K.WRITE_FILE          # < 256: the kind's low byte is the kind, its high byte 0
+_READ_FILE = wire.K.READ_FILE            # < 256: a kind's low byte is the kind, its high byte 0
+_WRITE_FILE = wire.K.WRITE_FILE
 _USER_BUFFER = wire.FLAG_USER_BUFFER
-_WRITE_FIXED = wire.HEADER_SIZE + wire.WRITE.size
+_READ_FRAME = wire.READ_FRAME
+_WRITE_HEAD = wire.WRITE_HEAD
+_WRITE_FIXED = wire.WRITE_HEAD.size
 _SPLIT_MIN = 4096                        # smaller writes are copied whole, as any other frame
 SPIN_SECONDS = 200e-6
 SCAN_SECONDS = 500e-6     # while busy, how often to look for other programs' doorbells
@@ -257,21 +260,34 @@ class Poller:
                 view = req.peek()
                 if view is None:
                     return
-                # every byte of the frame is read once, here, before the program may
-                # reuse its room: a write's data straight into what becomes its system
-                # buffer (the I/O manager's capture), the rest into a private copy
-                if len(view) > _SPLIT_MIN and view[4] == _WRITE_FILE and not view[5] and not view[6] & _USER_BUFFER:
-                    data, body = bytes(view[:_WRITE_FIXED]), bytearray(view[_WRITE_FIXED:])
-                    req.advance()
-                    frame = wire.decode_ring_frame(data, _KERNEL, max_payload, len(body))
-                    frame.body = body
-                else:
-                    data = bytes(view)
-                    req.advance()
-                    frame = wire.decode_ring_frame(data, _KERNEL, max_payload)
+                # Every byte of the frame is read once, here, before the program may
+                # reuse its room; what was read is checked after, as the program could
+                # have changed it meanwhile.  The two requests a stream is made of are
+                # taken apart at once (no Frame, no generic dispatch): a read's fields,
+                # and a write's fields and data, the data straight into what becomes
+                # its system buffer (the I/O manager's capture).  Anything else is
+                # copied whole and decoded.
+                n = len(view)
+                kind = view[4] if not view[5] else 0
                 conn.dispatching.add(me)
                 try:
-                    conn.serve(frame)
+                    if kind == _READ_FILE and n == _READ_FRAME.size:
+                        length, _, flags, nfds, tid, rid, h, size, offset, addr, event = _READ_FRAME.unpack(view)
+                        req.advance()
+                        if length != n - wire.HEADER_SIZE or nfds:
+                            raise wire.RemoteProtocolError("malformed READ_FILE frame")
+                        conn.serve_read(rid, tid, flags, h, size, offset, addr, event)
+                    elif kind == _WRITE_FILE and n > _SPLIT_MIN and not view[6] & _USER_BUFFER:
+                        length, _, flags, nfds, tid, rid, h, offset, addr, event = _WRITE_HEAD.unpack_from(view)
+                        data = bytearray(view[_WRITE_FIXED:])
+                        req.advance()
+                        if length != n - wire.HEADER_SIZE or length > max_payload or nfds or flags & _USER_BUFFER:
+                            raise wire.RemoteProtocolError("malformed WRITE_FILE frame")
+                        conn.serve_write(rid, tid, flags, h, offset, addr, event, data)
+                    else:
+                        data = bytes(view)
+                        req.advance()
+                        conn.serve(wire.decode_ring_frame(data, _KERNEL, max_payload))
                 finally:
                     conn.dispatching.discard(me)
                     current.process = proc

@@ -106,7 +106,6 @@ class Frame:
     flags: int = 0
     tid: int = 0
     fds: list[int] = field(default_factory=list)
-    body: bytearray | None = None    # a ring WRITE_FILE's data, taken apart from the payload (see ringpoll)
 
 
 # Fixed parts of the payloads. Variable tails (names, data) follow them.
@@ -263,15 +262,13 @@ class Connection:
         self.state = State.CLOSED
 
 
-def decode_ring_frame(data: bytes, role: Role, max_payload: int = DEFAULT_MAX_PAYLOAD, body_length: int = 0) -> Frame:
+def decode_ring_frame(data: bytes, role: Role, max_payload: int = DEFAULT_MAX_PAYLOAD) -> Frame:
     """One whole frame taken from a shared-memory ring, with the checks the
-    socket path makes (rings never carry descriptors or handshakes).  With
-    `body_length`, `data` is the frame but for its last `body_length` bytes,
-    which were taken apart."""
+    socket path makes (rings never carry descriptors or handshakes)."""
     if len(data) < HEADER_SIZE:
         raise RemoteProtocolError("truncated ring frame")
     length, kind, flags, nfds, tid, rid = HEADER.unpack_from(data)
-    if length != len(data) - HEADER_SIZE + body_length or length > max_payload:
+    if length != len(data) - HEADER_SIZE or length > max_payload:
         raise RemoteProtocolError("ring frame length does not match")
     if kind not in _KINDS or kind in _NOT_IN_RINGS or nfds:
         raise RemoteProtocolError(f"frame kind {kind} may not travel in a ring")
@@ -298,6 +295,8 @@ def welcome(kernel_pid: int, program_pid: int, max_payload: int) -> Frame:
 
 
 REPLY_HEAD = struct.Struct("<IHBBIQIQ")       # HEADER then REPLY, packed or unpacked at once
+READ_FRAME = struct.Struct("<IHBBIQQIqQQ")     # HEADER then READ: a whole READ_FILE request
+WRITE_HEAD = struct.Struct("<IHBBIQQqQQ")      # HEADER then WRITE: a WRITE_FILE request up to its data
 
 
 def reply_head(rid: int, status: int, information: int, data_length: int) -> bytes:
