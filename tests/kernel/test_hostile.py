@@ -338,10 +338,10 @@ def test_outstanding_request_quota(tmp_path, monkeypatch):
 
 
 def test_pending_requests_hold_no_more_system_buffers_than_the_programs_quota(tmp_path, monkeypatch):
-    """Blocking reads and writes that pend keep their system buffers; a program
-    that piles them up meets its quota (ERROR_NOT_ENOUGH_QUOTA), as NT charges
-    them to its pool quota, and gets it back as they complete or are cancelled.
-    Another program's quota is its own."""
+    """Blocking reads and writes that pend keep their IRPs and system buffers; a
+    program that piles them up meets its quota (ERROR_NOT_ENOUGH_QUOTA), as NT
+    charges them to its pool quota, and gets it back as they complete or are
+    cancelled.  Another program's quota is its own."""
     from ringzero.drivers.example_ioctl import EXAMPLE_BLOCKING_READS, IOCTL_EXAMPLE_SET_BLOCKING
     k = _quota_kernel(tmp_path, monkeypatch, "--max-io-memory", "1M")
     try:
@@ -379,6 +379,16 @@ def test_pending_requests_hold_no_more_system_buffers_than_the_programs_quota(tm
             assert e.value.winerror == winerror.ERROR_OPERATION_ABORTED
         ov = pywintypes.OVERLAPPED()
         assert win32file.ReadFile(h, 900 << 10, ov)[0] == winerror.ERROR_IO_PENDING   # and back again
+        win32file.CancelIo(h)
+        # each request's IRP counts too: reads of a byte cannot pile up without end either
+        from ringzero.kernel.io.file import IRP_CHARGE
+        count = 0
+        with pytest.raises(pywintypes.error) as e:
+            while count < 100_000:
+                assert win32file.ReadFile(h, 1, pywintypes.OVERLAPPED())[0] == winerror.ERROR_IO_PENDING
+                count += 1
+        assert e.value.winerror == winerror.ERROR_NOT_ENOUGH_QUOTA
+        assert count == (1 << 20) // (1 + IRP_CHARGE)
         win32file.CancelIo(h)
         h.Close()
         others_carry_on(k)

@@ -55,7 +55,7 @@ class _Size(click.ParamType):
               help="Pool the drivers may have allocated at once (bytes, or 512M, 2G...); past it "
                    "ExAllocatePool returns NULL.  [default: a quarter of this machine's memory]")
 @click.option("--max-io-memory", type=_Size(), default=None, metavar="SIZE",
-              help="System buffers one program's outstanding requests may hold at once (its pool quota); "
+              help="Pool (IRPs and system buffers) one program's outstanding requests may hold at once (its quota); "
                    "past it a request fails with ERROR_NOT_ENOUGH_QUOTA.  [default: 256M]")
 def kernel(socket_path, loads, state_dir, verbose, no_verifier, fault_limit, max_handles, max_pending,
            max_pool, max_io_memory) -> None:

@@ -39,19 +39,22 @@ _KIND_BUFFERED, _KIND_DIRECT, _KIND_NEITHER, _KIND_CREATE, _KIND_INTERNAL, _KIND
 # quota-charged pool allocation failing): no reply can carry more anyway.
 MAX_SYSTEM_BUFFER = 16 * 1024 * 1024
 
-# The system buffers one program's outstanding requests may hold at once, as
-# NT charges them to the process's pool quota: pending reads and writes cannot
-# grow the kernel without bound.  Past it a request fails with
-# STATUS_QUOTA_EXCEEDED (ERROR_NOT_ENOUGH_QUOTA).  `ringzero kernel --max-io-memory`.
+# The pool one program's outstanding requests may hold at once, as NT charges
+# a request's IRP and its system buffers to the process's pool quota: pending
+# reads and writes cannot grow the kernel without bound.  Past it a request
+# fails with STATUS_QUOTA_EXCEEDED (ERROR_NOT_ENOUGH_QUOTA).
+# `ringzero kernel --max-io-memory`.
 io_quota = 256 * 1024 * 1024
+IRP_CHARGE = 0xD0 + 0x48     # sizeof(IRP) and one IO_STACK_LOCATION on x64 NT: what each request costs besides buffers
 
 
 def _charge(process, n: int, reply: Reply) -> int | None:
-    """Charge `n` bytes of system buffers to `process`: the bytes charged (0
-    for the kernel's own requests), or None if that would pass its quota (the
-    request is then answered here)."""
-    if not n or process is None or process.is_system:
+    """Charge a request with `n` bytes of system buffers to `process`: the
+    bytes charged (0 for the kernel's own requests), or None if that would
+    pass its quota (the request is then answered here)."""
+    if process is None or process.is_system:
         return 0
+    n += IRP_CHARGE
     with process.lock:
         if process.io_charged + n <= io_quota:
             process.io_charged += n
