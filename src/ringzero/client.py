@@ -278,11 +278,13 @@ class Connection:
             if self._spin_misses < SPIN_MISSES_TO_STOP:
                 spin_until = start + SPIN_SECONDS
                 yield_cpu = os.sched_yield
+                pending = ring.pending
+                clock = time.perf_counter
                 while True:
-                    if self._drain_ring():
+                    if pending() and self._drain_ring():
                         self._spin_misses = 0
                         return
-                    if time.perf_counter() > spin_until:
+                    if clock() > spin_until:
                         break
                     yield_cpu()
                 self._spin_misses += 1
