@@ -215,7 +215,7 @@ class Connection:
         if ring is not None:
             with self._send_lock:
                 if ring.put(data, body):
-                    ring.fence()
+                    rings.fence()
                     if not ring.flag():       # the kernel is not polling our ring: ring its doorbell
                         os.eventfd_write(self._req_efd, 1)
                     return rid, slot
@@ -290,7 +290,7 @@ class Connection:
                 self._spin_misses += 1
             # about to sleep: ask for the doorbell, then look once more (ring.py)
             ring.set_flag(1)
-            ring.fence()
+            rings.fence()
             try:
                 os.eventfd_read(self._resp_efd)
             except BlockingIOError:

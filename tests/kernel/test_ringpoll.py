@@ -117,7 +117,7 @@ def _readable(fd) -> bool:
 def test_a_program_rings_only_a_ring_the_poller_is_not_polling():
     """The request ring's polled flag is the kernel's: set while the poller
     spins on the ring, cleared before it sleeps; a frame put while it sleeps
-    is seen only once the doorbell rings."""
+    is served once the doorbell rings."""
     poller = ringpoll.Poller()
     conn = StandIn()
     ch, producer = channel(conn)
@@ -140,7 +140,7 @@ def test_a_program_rings_only_a_ring_the_poller_is_not_polling():
         assert wait_until(lambda: producer.flag() == 0), "the poller never went to sleep"
         served = conn.served
         assert producer.put(FRAME)     # asleep: without its doorbell the frame waits
-        producer.fence()
+        rings.fence()
         assert producer.flag() == 0
         os.eventfd_write(ch.req_efd, 1)
         assert wait_until(lambda: conn.served == served + 1)

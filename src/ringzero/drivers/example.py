@@ -60,10 +60,10 @@ class EXAMPLE_LIST(ctypes.Structure):
     uiStopIndex            where the next written byte goes
     uiBytesQueued          bytes from uiStartIndex on, wrapping, not yet read
     PendingReads           blocking read IRPs waiting for data, oldest first,
-                           each with Example_CancelRead set (or being
+                           each with Example_CancelPending set (or being
                            cancelled); never non-empty while uiBytesQueued > 0
     PendingWrites          blocking write IRPs waiting for room, oldest first,
-                           each with Example_CancelWrite set (or being
+                           each with Example_CancelPending set (or being
                            cancelled) and the count of its bytes already
                            stored in Tail.Overlay.DriverContext[0]; never
                            non-empty while the ring has room, so no write
@@ -141,7 +141,7 @@ def Example_FillFromPendingWrites(pExampleList):
     while pExampleList.PendingWrites and pExampleList.uiBytesQueued < pExampleList.uiBufferSize:
         pWriteIrp = pExampleList.PendingWrites[0]
         if pWriteIrp.Cancel:
-            pExampleList.PendingWrites.pop(0)   # being cancelled: Example_CancelWrite completes it
+            pExampleList.PendingWrites.pop(0)   # being cancelled: Example_CancelPending completes it
             continue
         pContext = pWriteIrp.Tail.Overlay.DriverContext
         uiLength = IoGetCurrentIrpStackLocation(pWriteIrp).Parameters.Write.Length
@@ -154,7 +154,7 @@ def Example_FillFromPendingWrites(pExampleList):
             pWriteIrp.IoStatus.Status = STATUS_SUCCESS
             pWriteIrp.IoStatus.Information = uiLength
             pStored.append(pWriteIrp)
-        # else IoCancelIrp has it: Example_CancelWrite completes it
+        # else IoCancelIrp has it: Example_CancelPending completes it
     return pStored
 
 
@@ -294,16 +294,6 @@ def Example_Cleanup(DeviceObject, Irp):
     return Example_CompleteIrp(Irp, STATUS_SUCCESS)
 
 
-def Example_CancelRead(DeviceObject, Irp):
-    IoReleaseCancelSpinLock(Irp.CancelIrql)
-    pExampleList = IoGetCurrentIrpStackLocation(Irp).FileObject.FsContext
-    Example_AcquireMutex(pExampleList.kInstanceBufferMutex)
-    if Irp in pExampleList.PendingReads:
-        pExampleList.PendingReads.remove(Irp)
-    KeReleaseMutex(pExampleList.kInstanceBufferMutex, FALSE)
-    Example_CompleteIrp(Irp, STATUS_CANCELLED)
-
-
 def Example_StoredSoFar(Irp):
     """Information for a cancelled IRP: the bytes of a write already stored
     (they stay queued), none for a read."""
@@ -312,16 +302,18 @@ def Example_StoredSoFar(Irp):
     return 0
 
 
-def Example_CancelWrite(DeviceObject, Irp):
+def Example_CancelPending(DeviceObject, Irp):
+    """The cancel routine of a pending read or write: off its list, and a
+    write that goes may leave room for the next one's data."""
     IoReleaseCancelSpinLock(Irp.CancelIrql)
     pExampleList = IoGetCurrentIrpStackLocation(Irp).FileObject.FsContext
     Example_AcquireMutex(pExampleList.kInstanceBufferMutex)
-    pStored = []
-    if Irp in pExampleList.PendingWrites:
-        pExampleList.PendingWrites.remove(Irp)
-        pStored = Example_FillFromPendingWrites(pExampleList)
+    for pPending in (pExampleList.PendingReads, pExampleList.PendingWrites):
+        if Irp in pPending:
+            pPending.remove(Irp)
+    pStored = Example_FillFromPendingWrites(pExampleList)
     KeReleaseMutex(pExampleList.kInstanceBufferMutex, FALSE)
-    Example_CompleteIrp(Irp, STATUS_CANCELLED, Irp.Tail.Overlay.DriverContext[0])
+    Example_CompleteIrp(Irp, STATUS_CANCELLED, Example_StoredSoFar(Irp))
     Example_CompleteAll(pStored)
 
 
@@ -337,18 +329,18 @@ def Example_Read(DeviceObject, Irp):
         return Example_CompleteIrp(Irp, NtStatus)
     if pExampleList.uiBytesQueued or not pFileObject.FsContext2 & EXAMPLE_BLOCKING_READS:
         pBuffer = memoryview(Irp.AssociatedIrp.SystemBuffer)
-        uiRead = Example_ReadData(pExampleList, pBuffer, uiLength)
-        pStored = Example_FillFromPendingWrites(pExampleList)
-        while pExampleList.uiBytesQueued and uiRead < uiLength:
-            # the room this read made let pending writes in: take their data too
+        uiRead, pStored = 0, []
+        while True:
             uiRead += Example_ReadData(pExampleList, pBuffer[uiRead:], uiLength - uiRead)
             pStored += Example_FillFromPendingWrites(pExampleList)
+            if uiRead == uiLength or not pExampleList.uiBytesQueued:
+                break           # else the room this read made let pending writes in: take their data too
         KeReleaseMutex(pExampleList.kInstanceBufferMutex, FALSE)
         Example_CompleteAll(pStored)
         return Example_CompleteIrp(Irp, STATUS_SUCCESS, uiRead)
     # a blocking read of an empty ring waits, behind any read already waiting
     IoMarkIrpPending(Irp)
-    IoSetCancelRoutine(Irp, Example_CancelRead)
+    IoSetCancelRoutine(Irp, Example_CancelPending)
     if Irp.Cancel and IoSetCancelRoutine(Irp, NULL) is not None:
         KeReleaseMutex(pExampleList.kInstanceBufferMutex, FALSE)
         Example_CompleteIrp(Irp, STATUS_CANCELLED)
@@ -373,7 +365,7 @@ def Example_Write(DeviceObject, Irp):
     while uiWritten < uiLength and pExampleList.PendingReads:
         pReadIrp = pExampleList.PendingReads.pop(0)
         if IoSetCancelRoutine(pReadIrp, NULL) is None:
-            continue        # IoCancelIrp has it: Example_CancelRead completes it
+            continue        # IoCancelIrp has it: Example_CancelPending completes it
         uiPart = min(uiLength - uiWritten, IoGetCurrentIrpStackLocation(pReadIrp).Parameters.Read.Length)
         memoryview(pReadIrp.AssociatedIrp.SystemBuffer)[:uiPart] = pData[uiWritten:uiWritten + uiPart]
         pReadIrp.IoStatus.Status = STATUS_SUCCESS
@@ -386,7 +378,7 @@ def Example_Write(DeviceObject, Irp):
         # the rest waits for room, behind any write already waiting
         Irp.Tail.Overlay.DriverContext[0] = uiWritten
         IoMarkIrpPending(Irp)
-        IoSetCancelRoutine(Irp, Example_CancelWrite)
+        IoSetCancelRoutine(Irp, Example_CancelPending)
         if Irp.Cancel and IoSetCancelRoutine(Irp, NULL) is not None:
             KeReleaseMutex(pExampleList.kInstanceBufferMutex, FALSE)
             Example_CompleteAll(pSatisfied)

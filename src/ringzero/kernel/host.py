@@ -69,10 +69,6 @@ class CallError(Exception):
         self.winerror = winerror
 
 
-_REPLY_HEAD = wire.REPLY_HEAD
-_REPLY_SIZE = wire.REPLY.size
-
-
 class _Req(iofile.Reply):
     """One request's way back to its program."""
 
@@ -84,7 +80,7 @@ class _Req(iofile.Reply):
 
     def complete(self, irp, status, information, data):
         conn = self.conn
-        head = _REPLY_HEAD.pack(_REPLY_SIZE + len(data), K.REPLY, 0, 0, 0, self.rid, status & 0xFFFFFFFF, information)
+        head = wire.reply_head(self.rid, status, information, len(data))
         with conn.send_lock:
             if irp is not None:
                 irp.reply_sent = True

@@ -68,9 +68,8 @@ class Channel:
 
     def ring_doorbell(self) -> None:
         """After a response is put: wake the program if it said it sleeps (ring.py)."""
-        resp = self.resp
-        resp.fence()
-        if resp.flag():
+        rings.fence()
+        if self.resp.flag():
             os.eventfd_write(self.resp_efd, 1)
 
     def close(self) -> None:
@@ -84,15 +83,6 @@ class Channel:
                 os.close(fd)
             except OSError:
                 pass
-
-
-_fence_lock = threading.Lock()
-
-
-def _fence() -> None:
-    """A full memory barrier (ring.py says why a lock is one)."""
-    _fence_lock.acquire()
-    _fence_lock.release()
 
 
 def _drain(fd: int) -> None:
@@ -184,7 +174,7 @@ class Poller:
     def _loop(self, token) -> None:
         hot = self.hot
         yield_cpu = os.sched_yield
-        fence = _fence
+        fence = rings.fence
         last_work = last_scan = time.perf_counter()
         while self.token is token:
             did = False

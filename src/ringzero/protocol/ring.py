@@ -67,6 +67,16 @@ _U64 = struct.Struct("@Q")
 _LENGTH_KIND = struct.Struct("<IH")      # the start of a frame's header
 
 
+_fence_lock = threading.Lock()
+
+
+def fence() -> None:
+    """A full memory barrier (see the module's docstring): a store before it is
+    seen by the other side before a load after it is made."""
+    _fence_lock.acquire()
+    _fence_lock.release()
+
+
 def _counters(mv: memoryview) -> memoryview:
     """The header page as native u64 items.  Reading or assigning one item of a
     'Q' memoryview is a single 8-byte memcpy (one aligned load or store on
@@ -106,13 +116,12 @@ class Ring:
     each side keeps its own position locally and trusts only that.  `flag_i`
     is this ring's doorbell flag (see the module's docstring for whose it is)."""
 
-    __slots__ = ("ctl", "size", "mask", "data", "head_i", "tail_i", "flag_i", "pos", "max_frame", "_next", "_fence")
+    __slots__ = ("ctl", "size", "mask", "data", "head_i", "tail_i", "flag_i", "pos", "max_frame", "_next")
 
     def __init__(self, mv: memoryview, ring_size: int, data_off: int, head_off: int, tail_off: int, producer: bool,
                  flag_off: int = 0):
         self.ctl = _counters(mv)
         self.flag_i = flag_off // 8
-        self._fence = threading.Lock()
         self.size = ring_size
         self.mask = ring_size - 1
         self.data = mv[data_off:data_off + ring_size]
@@ -125,11 +134,6 @@ class Ring:
     def release(self) -> None:
         self.data.release()
         self.ctl.release()
-
-    def fence(self) -> None:
-        """A full memory barrier (see the module's docstring)."""
-        self._fence.acquire()
-        self._fence.release()
 
     # -- the doorbell flag ----------------------------------------------------------
 

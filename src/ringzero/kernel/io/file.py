@@ -48,21 +48,6 @@ io_quota = 256 * 1024 * 1024
 IRP_CHARGE = 0xD0 + 0x48     # sizeof(IRP) and one IO_STACK_LOCATION on x64 NT: what each request costs besides buffers
 
 
-def _charge(process, n: int, reply: Reply) -> int | None:
-    """Charge a request with `n` bytes of system buffers to `process`: the
-    bytes charged (0 for the kernel's own requests), or None if that would
-    pass its quota (the request is then answered here)."""
-    if process is None or process.is_system:
-        return 0
-    n += IRP_CHARGE
-    with process.lock:
-        if process.io_charged + n <= io_quota:
-            process.io_charged += n
-            return n
-    reply.complete(None, st.STATUS_QUOTA_EXCEEDED, 0, b"")
-    return None
-
-
 class Reply:
     """Where a request's answer goes.  The host implements it for programs;
     `Waiter` below serves the kernel's own synchronous IRPs."""
@@ -119,11 +104,21 @@ def _send(irp: IRP) -> None:
     what the dispatch routine returns."""
     fo = irp.file
     dev = irp.io_device
-    ob.reference(fo)  # the IRP's reference, dropped in _complete
     proc = irp.process
     if proc is not None:
+        charge = irp.io_charge
         with proc.lock:
-            proc.pending.add(irp)
+            over = charge and not proc.is_system and proc.io_charged + charge > io_quota
+            if not over:
+                proc.io_charged += charge
+                proc.pending.add(irp)
+        if over:
+            # the quota-charged allocation failing at issue: no driver sees the request
+            if irp.user_event_obj is not None:
+                ob.dereference(irp.user_event_obj)
+            irp.io_reply.complete(None, st.STATUS_QUOTA_EXCEEDED, 0, b"")
+            return
+    ob.reference(fo)  # the IRP's reference, dropped in _complete
     try:
         status = IoCallDriver(dev, irp)
     except Exception as exc:
@@ -167,12 +162,6 @@ def _dispatch_fault(irp: IRP, exc: Exception) -> int:
         except verifier.DriverBugcheck:
             pass
     return status
-
-
-def _uncharge(process, n: int) -> None:
-    if n:
-        with process.lock:
-            process.io_charged -= n
 
 
 def _complete(irp: IRP) -> None:
@@ -434,21 +423,17 @@ def device_io_control(process, handle: int, code: int, in_data, out_length: int,
     if out_length > MAX_SYSTEM_BUFFER and code & 3 != ioc.METHOD_NEITHER:
         reply.complete(None, st.STATUS_INSUFFICIENT_RESOURCES, 0, b"")
         return
-    in_length = len(in_data) if in_addr == 0 or in_data else 0
-    method = code & 3
-    charge = _charge(process, 0 if method == ioc.METHOD_NEITHER else
-                     max(in_length, out_length) if method == ioc.METHOD_BUFFERED else in_length + out_length, reply)
-    if charge is None:
-        return
     ev = None
     if event:
         ok, ev = _user_event(process, event, reply)
         if not ok:
-            _uncharge(process, charge)
             return
     irp = _new_irp(fo, IRP_MJ_DEVICE_CONTROL, process, reply, rid, tid, overlapped)
-    irp.io_charge = charge
     irp.user_event_obj = ev
+    in_length = len(in_data) if in_addr == 0 or in_data else 0
+    method = code & 3
+    irp.io_charge = IRP_CHARGE + (0 if method == ioc.METHOD_NEITHER else max(in_length, out_length)
+                                  if method == ioc.METHOD_BUFFERED else in_length + out_length)
     p = irp.Stack[0].Parameters
     p.IoControlCode = code
     p.OutputBufferLength = out_length
@@ -491,17 +476,13 @@ def read_file(process, handle: int, length: int, offset: int, buf_addr: int, eve
     if length > MAX_SYSTEM_BUFFER:
         reply.complete(None, st.STATUS_INSUFFICIENT_RESOURCES, 0, b"")
         return
-    charge = _charge(process, length, reply)
-    if charge is None:
-        return
     ev = None
     if event:
         ok, ev = _user_event(process, event, reply)
         if not ok:
-            _uncharge(process, charge)
             return
     irp = _new_irp(fo, IRP_MJ_READ, process, reply, rid, tid, overlapped)
-    irp.io_charge = charge
+    irp.io_charge = IRP_CHARGE + length
     irp.user_event_obj = ev
     p = irp.Stack[0].Parameters
     p.Length = length
@@ -529,30 +510,22 @@ def write_file(process, handle: int, data, offset: int, buf_addr: int, event: in
         if length > MAX_SYSTEM_BUFFER:
             reply.complete(None, st.STATUS_INSUFFICIENT_RESOURCES, 0, b"")
             return
-        charge = _charge(process, length, reply)
-        if charge is None:
-            return
         buf = bytearray(length)
         if fo.DeviceObject.top_of_stack().Flags & (irpc.DO_BUFFERED_IO | irpc.DO_DIRECT_IO):
             try:
                 read_into(process.pid, buf_addr, buf)
             except AccessViolation:
-                _uncharge(process, charge)
                 reply.complete(None, st.STATUS_ACCESS_VIOLATION, 0, b"")
                 return
     else:
-        charge = _charge(process, len(data), reply)
-        if charge is None:
-            return
         buf = data if captured else bytearray(data)
     ev = None
     if event:
         ok, ev = _user_event(process, event, reply)
         if not ok:
-            _uncharge(process, charge)
             return
     irp = _new_irp(fo, IRP_MJ_WRITE, process, reply, rid, tid, overlapped)
-    irp.io_charge = charge
+    irp.io_charge = IRP_CHARGE + len(buf)
     irp.user_event_obj = ev
     p = irp.Stack[0].Parameters
     p.Length = len(buf)

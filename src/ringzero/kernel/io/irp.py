@@ -105,10 +105,6 @@ def IoCompleteRequest(Irp: IRP, PriorityBoost: int = 0) -> None:
         verifier.violation("CANCEL_STATE_IN_COMPLETED_IRP", "complete with a cancel routine still set")
     status = Irp.IoStatus.Status
     i = Irp.CurrentLocation
-    if i == 0 and Irp.Stack[0].CompletionRoutine is None:
-        # the common case: one location, no completion routine to call
-        Irp.PendingReturned = bool(Irp.Stack[0].Control & SL_PENDING_RETURNED)
-        i = -1
     while i >= 0:
         loc = Irp.Stack[i]
         Irp.PendingReturned = bool(loc.Control & SL_PENDING_RETURNED)

@@ -292,5 +292,5 @@ class IRP:
         self.io_kind = 0            # the I/O manager's: how the buffers were passed (file.py's _KIND_*)
         self.io_reply = None        # the I/O manager's: where the answer goes (a file.Reply)
         self.io_device = None       # the I/O manager's: the top of the stack it was built for and sent to
-        self.io_charge = 0          # the I/O manager's: bytes of system buffers charged to the process
+        self.io_charge = 0          # the I/O manager's: bytes charged to the process's quota while it is outstanding
 

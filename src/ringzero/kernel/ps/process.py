@@ -28,7 +28,7 @@ class EPROCESS(ObjectHeader):
         self.is_system = system
         self.handles = HandleTable(handle_limit)
         self.pending: set = set()
-        self.io_charged = 0        # bytes of system buffers its outstanding requests hold (file.py's quota)
+        self.io_charged = 0        # bytes its outstanding requests hold, IRPs and system buffers (file.py's quota)
         self.views: dict[int, object] = {}
         self.lock = threading.Lock()
         self.exiting = False
