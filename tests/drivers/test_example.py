@@ -36,6 +36,13 @@ PRELUDE = textwrap.dedent(r'''
 
     def set_blocking(h):
         win32file.DeviceIoControl(h, IOCTL_EXAMPLE_SET_BLOCKING, struct.pack("<I", EXAMPLE_BLOCKING_READS), 0)
+
+    def write(h, data, overlapped=False):
+        if not overlapped:
+            return win32file.WriteFile(h, data)[1]
+        ov = pywintypes.OVERLAPPED()
+        win32file.WriteFile(h, data, ov)
+        return win32file.GetOverlappedResult(h, ov, True)
 ''')
 
 
@@ -269,24 +276,53 @@ def test_set_size_needs_write_access(ex):
     assert query(h).ReferenceCount == 1
 
 
+# Each handle's reads and writes go one of two ways: a synchronous handle's by
+# the driver's fast I/O routines, an overlapped one's as IRPs.
+PATHS = {"fast I/O": 0, "IRP": win32file.FILE_FLAG_OVERLAPPED}
+
+
+def read(h, n: int, overlapped: bool = False) -> bytes:
+    """ReadFile of up to `n` bytes, waited for on an overlapped handle."""
+    if not overlapped:
+        return win32file.ReadFile(h, n)[1]
+    ov = pywintypes.OVERLAPPED()
+    win32file.ReadFile(h, n, ov)
+    return bytes(ov._buffer[:win32file.GetOverlappedResult(h, ov, True)])
+
+
+def write(h, data: bytes, overlapped: bool = False) -> int:
+    """WriteFile; the count stored, waited for on an overlapped handle."""
+    if not overlapped:
+        return win32file.WriteFile(h, data)[1]
+    ov = pywintypes.OVERLAPPED()
+    win32file.WriteFile(h, data, ov)
+    return win32file.GetOverlappedResult(h, ov, True)
+
+
+def fast_io_calls(k) -> int:
+    return k.call("driver.counters", service="Example")["counters"]["fast_io"]
+
+
+@pytest.mark.parametrize("path", PATHS)
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(ops=hs.lists(hs.one_of(hs.tuples(hs.just("write"), hs.integers(0, 3000)),
                               hs.tuples(hs.just("read"), hs.integers(0, 3000)),
                               hs.tuples(hs.just("size"), hs.integers(1, 5000))), max_size=25))
-def test_the_ring_behaves_as_a_bounded_fifo(ex, ops):
-    h = pipe("Model")
+def test_the_ring_behaves_as_a_bounded_fifo(ex, path, ops):
+    h = pipe("Model", PATHS[path])
+    irp = path == "IRP"
     size, model, counter = EXAMPLE_DEFAULT_BUFFER_SIZE, bytearray(), 0
+    fast_before = fast_io_calls(ex)
     try:
         for op, n in ops:
             if op == "write":
                 data = bytes((counter + i) % 251 for i in range(n))
                 counter += n
-                _, stored = win32file.WriteFile(h, data)
+                stored = write(h, data, irp)
                 assert stored == min(n, size - len(model))
                 model += data[:stored]
             elif op == "read":
-                _, got = win32file.ReadFile(h, n)
-                assert got == bytes(model[:n])
+                assert read(h, n, irp) == bytes(model[:n])
                 del model[:n]
             elif len(model) > n:
                 with pytest.raises(pywintypes.error):
@@ -298,6 +334,8 @@ def test_the_ring_behaves_as_a_bounded_fifo(ex, ops):
             assert (info.BufferSize, info.BytesQueued) == (size, len(model))
     finally:
         h.Close()
+    # zero-length reads and writes are fast I/O too: every one of them went its handle's way
+    assert fast_io_calls(ex) - fast_before == (sum(op != "size" for op, _ in ops) if path == "fast I/O" else 0)
 
 
 # -- several writers ------------------------------------------------------------------
@@ -306,12 +344,12 @@ WRITER = '''
     wid, total, seed = {wid}, {total}, {seed}
     stream = random.Random(1000 + wid).randbytes(total).translate(bytes((wid << 6) | (b & 0x3F) for b in range(256)))
     rng = random.Random(seed)
-    h = pipe("HELLO")
+    h = pipe("HELLO", {flags})
     print("open", flush=True)
     pos = 0
     while pos < total:
         n = rng.randint(1, 700)
-        _, w = win32file.WriteFile(h, stream[pos:pos + n])
+        w = write(h, stream[pos:pos + n], {flags} != 0)
         pos += w
         if w == 0:
             time.sleep(0.001)
@@ -324,12 +362,12 @@ def expected_stream(wid: int, total: int) -> bytes:
     return random.Random(1000 + wid).randbytes(total).translate(bytes((wid << 6) | (b & 0x3F) for b in range(256)))
 
 
-def drain_until(h, done, rng) -> bytearray:
+def drain_until(h, done, rng, overlapped: bool = False) -> bytearray:
     """Read with varied sizes until `done()` and the ring is empty."""
     got = bytearray()
     while True:
         finished = done()
-        _, data = win32file.ReadFile(h, rng.randint(1, 1500))
+        data = read(h, rng.randint(1, 1500), overlapped)
         got += data
         if not data and finished:
             return got
@@ -342,14 +380,15 @@ def demux(got: bytes) -> dict[int, bytes]:
     return {w: bytes(v) for w, v in out.items()}
 
 
-def test_writers_in_several_processes_lose_and_duplicate_nothing(ex):
-    h = pipe("HELLO")
+@pytest.mark.parametrize("path", PATHS)
+def test_writers_in_several_processes_lose_and_duplicate_nothing(ex, path):
+    h = pipe("HELLO", PATHS[path])
     set_size(h, 1024)                        # small: many short writes and wrap-arounds
     total = 30000
-    writers = [ex.spawn(program(WRITER.format(wid=w, total=total, seed=w))) for w in range(4)]
+    writers = [ex.spawn(program(WRITER.format(wid=w, total=total, seed=w, flags=PATHS[path]))) for w in range(4)]
     for p in writers:
         assert p.stdout.readline() == "open\n"
-    got = drain_until(h, lambda: all(p.poll() is not None for p in writers), random.Random(7))
+    got = drain_until(h, lambda: all(p.poll() is not None for p in writers), random.Random(7), path == "IRP")
     accepted = [int(p.stdout.read().split()[-1]) for p in writers]
     assert [p.returncode for p in writers] == [0] * 4
     assert accepted == [total] * 4
@@ -366,8 +405,8 @@ VICTIM_TOTAL = 4 * 10 ** 6     # far more than it gets to write before it is kil
 def test_a_writer_killed_mid_stream_does_not_disturb_the_others(ex):
     h = pipe("HELLO")
     set_size(h, 2048)
-    finite = [ex.spawn(program(WRITER.format(wid=w, total=20000, seed=w))) for w in (0, 1)]
-    victim = ex.spawn(program(WRITER.format(wid=2, total=VICTIM_TOTAL, seed=2)))
+    finite = [ex.spawn(program(WRITER.format(wid=w, total=20000, seed=w, flags=0))) for w in (0, 1)]
+    victim = ex.spawn(program(WRITER.format(wid=2, total=VICTIM_TOTAL, seed=2, flags=0)))
     for p in finite + [victim]:
         assert p.stdout.readline() == "open\n"
     rng = random.Random(3)
@@ -660,18 +699,23 @@ def test_a_pending_write_is_cancelled_when_its_program_dies_and_the_next_one_goe
     no_faults(ex)
 
 
-WRITER_BLOCKING = WRITER.replace('h = pipe("HELLO")', '''h = pipe("HELLO")
+assert 'h = pipe("HELLO", {flags})' in WRITER
+WRITER_BLOCKING = WRITER.replace('h = pipe("HELLO", {flags})', '''h = pipe("HELLO", {flags})
     win32file.DeviceIoControl(h, IOCTL_EXAMPLE_SET_BLOCKING, struct.pack("<I", EXAMPLE_BLOCKING_WRITES), 0)''')
 
 
-def test_blocking_writers_in_several_processes_lose_and_duplicate_nothing(ex):
-    h = pipe("HELLO")
+@pytest.mark.parametrize("path", PATHS)
+def test_blocking_writers_in_several_processes_lose_and_duplicate_nothing(ex, path):
+    """A synchronous handle's write goes by fast I/O when it fits and pends as
+    an IRP when it does not; an overlapped handle's is an IRP either way."""
+    h = pipe("HELLO", PATHS[path])
     set_size(h, 512)
     total = 20000
-    writers = [ex.spawn(program(WRITER_BLOCKING.format(wid=w, total=total, seed=w))) for w in range(4)]
+    writers = [ex.spawn(program(WRITER_BLOCKING.format(wid=w, total=total, seed=w, flags=PATHS[path])))
+               for w in range(4)]
     for p in writers:
         assert p.stdout.readline() == "open\n"
-    got = drain_until(h, lambda: all(p.poll() is not None for p in writers), random.Random(11))
+    got = drain_until(h, lambda: all(p.poll() is not None for p in writers), random.Random(11), path == "IRP")
     assert [int(p.stdout.read().split()[-1]) for p in writers] == [total] * 4
     streams = demux(got)
     for w in range(4):

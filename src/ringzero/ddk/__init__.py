@@ -37,8 +37,8 @@ from ringzero.kernel.io.irp import (IoAcquireCancelSpinLock, IoAllocateIrp, IoCa
                                     IoIsOperationSynchronous, IoMarkIrpPending, IoReleaseCancelSpinLock,
                                     IoSetCancelRoutine, IoSetCompletionRoutine, IoSetNextIrpStackLocation,
                                     IoSkipCurrentIrpStackLocation)
-from ringzero.kernel.io.objects import (DEVICE_OBJECT, DRIVER_OBJECT, FILE_OBJECT, IO_STACK_LOCATION,
-                                        IO_STATUS_BLOCK, IRP, SHARE_ACCESS)
+from ringzero.kernel.io.objects import (DEVICE_OBJECT, DRIVER_OBJECT, FAST_IO_DISPATCH, FILE_OBJECT,
+                                        IO_STACK_LOCATION, IO_STATUS_BLOCK, IRP, SHARE_ACCESS)
 from ringzero.kernel.ke.clock import (LARGE_INTEGER, ExLocalTimeToSystemTime, ExSystemTimeToLocalTime,
                                       KeQueryInterruptTime, KeQueryPerformanceCounter, KeQuerySystemTime)
 from ringzero.kernel.ke.dispatcher import (KEVENT, KMUTEX, KSEMAPHORE, MAXIMUM_WAIT_OBJECTS, KeClearEvent,
@@ -95,7 +95,8 @@ def sizeof(t) -> int:
     """sizeof for ctypes types and instances, and the pointer-sized names."""
     if isinstance(t, int):
         return t
-    return _ctypes.sizeof(t)
+    size = getattr(t, "_sizeof_", None)      # a structure kept as a Python class (FAST_IO_DISPATCH)
+    return size if size is not None else _ctypes.sizeof(t)
 
 
 PVOID = _ctypes.c_void_p

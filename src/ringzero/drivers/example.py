@@ -31,6 +31,7 @@ EXAMPLE_POOL_TAG = make_tag("Exmp")      # 'pmxE' in C
 # (the tutorial's TimeOut: relative, in 100 ns units).
 NumberOfSeconds = 10
 TimeOut = LARGE_INTEGER(-10000000 * NumberOfSeconds)
+NoWait = LARGE_INTEGER(0)
 
 
 class EXAMPLE_DEVICE_CONTEXT(ctypes.Structure):
@@ -245,6 +246,7 @@ def Example_Create(DeviceObject, Irp):
         if pExampleList:
             pFileObject.FsContext = pExampleList
             pFileObject.FsContext2 = 0          # this handle's EXAMPLE_* flags
+            pFileObject.PrivateCacheMap = 1     # (PVOID)1, as NPFS sets it: the I/O manager calls our fast I/O
         KeReleaseMutex(pExampleDeviceContext.kListMutex, FALSE)
     return Example_CompleteIrp(Irp, NtStatus)
 
@@ -317,6 +319,43 @@ def Example_CancelPending(DeviceObject, Irp):
     Example_CompleteAll(pStored)
 
 
+def Example_ReadQueued(pExampleList, pBuffer, uiLength):
+    """Read up to `uiLength` queued bytes into `pBuffer`, letting pending writes
+    into the room this makes (and taking their data too while the buffer has
+    room); (bytes read, writes now wholly stored, to complete once the lock is
+    released).  kInstanceBufferMutex held."""
+    pBuffer = memoryview(pBuffer)
+    uiRead, pStored = 0, []
+    while True:
+        uiRead += Example_ReadData(pExampleList, pBuffer[uiRead:], uiLength - uiRead)
+        pStored += Example_FillFromPendingWrites(pExampleList)
+        if uiRead == uiLength or not pExampleList.uiBytesQueued:
+            return uiRead, pStored
+
+
+def Example_Store(pExampleList, pData):
+    """Give `pData` to the oldest pending reads, and store what fits of the rest
+    unless writes are already waiting for room (none overtakes them); (bytes
+    taken, reads now satisfied, to complete once the lock is released).
+    kInstanceBufferMutex held."""
+    uiLength = len(pData)
+    uiWritten = 0
+    pSatisfied = []
+    while uiWritten < uiLength and pExampleList.PendingReads:
+        pReadIrp = pExampleList.PendingReads.pop(0)
+        if IoSetCancelRoutine(pReadIrp, NULL) is None:
+            continue        # IoCancelIrp has it: Example_CancelPending completes it
+        uiPart = min(uiLength - uiWritten, IoGetCurrentIrpStackLocation(pReadIrp).Parameters.Read.Length)
+        memoryview(pReadIrp.AssociatedIrp.SystemBuffer)[:uiPart] = pData[uiWritten:uiWritten + uiPart]
+        pReadIrp.IoStatus.Status = STATUS_SUCCESS
+        pReadIrp.IoStatus.Information = uiPart
+        pSatisfied.append(pReadIrp)
+        uiWritten += uiPart
+    if uiWritten < uiLength and not pExampleList.PendingWrites:
+        uiWritten += Example_WriteData(pExampleList, pData[uiWritten:])
+    return uiWritten, pSatisfied
+
+
 def Example_Read(DeviceObject, Irp):
     pIoStackIrp = IoGetCurrentIrpStackLocation(Irp)
     pFileObject = pIoStackIrp.FileObject
@@ -328,13 +367,7 @@ def Example_Read(DeviceObject, Irp):
     if NtStatus != STATUS_SUCCESS:
         return Example_CompleteIrp(Irp, NtStatus)
     if pExampleList.uiBytesQueued or not pFileObject.FsContext2 & EXAMPLE_BLOCKING_READS:
-        pBuffer = memoryview(Irp.AssociatedIrp.SystemBuffer)
-        uiRead, pStored = 0, []
-        while True:
-            uiRead += Example_ReadData(pExampleList, pBuffer[uiRead:], uiLength - uiRead)
-            pStored += Example_FillFromPendingWrites(pExampleList)
-            if uiRead == uiLength or not pExampleList.uiBytesQueued:
-                break           # else the room this read made let pending writes in: take their data too
+        uiRead, pStored = Example_ReadQueued(pExampleList, Irp.AssociatedIrp.SystemBuffer, uiLength)
         KeReleaseMutex(pExampleList.kInstanceBufferMutex, FALSE)
         Example_CompleteAll(pStored)
         return Example_CompleteIrp(Irp, STATUS_SUCCESS, uiRead)
@@ -360,20 +393,7 @@ def Example_Write(DeviceObject, Irp):
     NtStatus = Example_WaitForMutex(pExampleList.kInstanceBufferMutex, TimeOut)
     if NtStatus != STATUS_SUCCESS:
         return Example_CompleteIrp(Irp, NtStatus)
-    uiWritten = 0
-    pSatisfied = []
-    while uiWritten < uiLength and pExampleList.PendingReads:
-        pReadIrp = pExampleList.PendingReads.pop(0)
-        if IoSetCancelRoutine(pReadIrp, NULL) is None:
-            continue        # IoCancelIrp has it: Example_CancelPending completes it
-        uiPart = min(uiLength - uiWritten, IoGetCurrentIrpStackLocation(pReadIrp).Parameters.Read.Length)
-        memoryview(pReadIrp.AssociatedIrp.SystemBuffer)[:uiPart] = pData[uiWritten:uiWritten + uiPart]
-        pReadIrp.IoStatus.Status = STATUS_SUCCESS
-        pReadIrp.IoStatus.Information = uiPart
-        pSatisfied.append(pReadIrp)
-        uiWritten += uiPart
-    if uiWritten < uiLength and not pExampleList.PendingWrites:
-        uiWritten += Example_WriteData(pExampleList, pData[uiWritten:])
+    uiWritten, pSatisfied = Example_Store(pExampleList, pData)
     if uiWritten < uiLength and pIoStackIrp.FileObject.FsContext2 & EXAMPLE_BLOCKING_WRITES:
         # the rest waits for room, behind any write already waiting
         Irp.Tail.Overlay.DriverContext[0] = uiWritten
@@ -393,6 +413,57 @@ def Example_Write(DeviceObject, Irp):
     Example_CompleteIrp(Irp, STATUS_SUCCESS, uiWritten)
     Example_CompleteAll(pSatisfied)
     return STATUS_SUCCESS
+
+
+# -- fast I/O: the same reads and writes without an IRP, when nothing has to wait ----
+
+def Example_FastIoRead(FileObject, FileOffset, Length, Wait, LockKey, Buffer, IoStatus, DeviceObject):
+    """A read that can be answered now: queued bytes, or none on a handle that
+    does not block.  FALSE, having done nothing, when the read has to wait
+    (Example_Read pends its IRP) or the lock is not to be had."""
+    pExampleList = FileObject.FsContext
+    if Length == 0:
+        return Example_FastDone(IoStatus, 0)
+    if not Example_TryMutex(pExampleList.kInstanceBufferMutex, Wait):
+        return FALSE
+    if not pExampleList.uiBytesQueued and FileObject.FsContext2 & EXAMPLE_BLOCKING_READS:
+        KeReleaseMutex(pExampleList.kInstanceBufferMutex, FALSE)
+        return FALSE
+    uiRead, pStored = Example_ReadQueued(pExampleList, Buffer, Length)
+    KeReleaseMutex(pExampleList.kInstanceBufferMutex, FALSE)
+    Example_CompleteAll(pStored)
+    return Example_FastDone(IoStatus, uiRead)
+
+
+def Example_FastIoWrite(FileObject, FileOffset, Length, Wait, LockKey, Buffer, IoStatus, DeviceObject):
+    """A write that can be answered now: on a handle whose writes block, one
+    that fits whole with no write waiting before it; on any other, what fits.
+    FALSE, having done nothing, otherwise (Example_Write pends its IRP)."""
+    pExampleList = FileObject.FsContext
+    if Length == 0:
+        return Example_FastDone(IoStatus, 0)
+    if not Example_TryMutex(pExampleList.kInstanceBufferMutex, Wait):
+        return FALSE
+    if FileObject.FsContext2 & EXAMPLE_BLOCKING_WRITES and (
+            pExampleList.PendingWrites or pExampleList.uiBufferSize - pExampleList.uiBytesQueued < Length):
+        KeReleaseMutex(pExampleList.kInstanceBufferMutex, FALSE)
+        return FALSE
+    uiWritten, pSatisfied = Example_Store(pExampleList, memoryview(Buffer)[:Length])
+    KeReleaseMutex(pExampleList.kInstanceBufferMutex, FALSE)
+    Example_CompleteAll(pSatisfied)
+    return Example_FastDone(IoStatus, uiWritten)
+
+
+def Example_TryMutex(pMutex, Wait):
+    """Own `pMutex` for a fast I/O routine: waiting as a dispatch routine does
+    when the caller allows it, not at all otherwise."""
+    return Example_WaitForMutex(pMutex, TimeOut if Wait else NoWait) == STATUS_SUCCESS
+
+
+def Example_FastDone(IoStatus, uiInformation):
+    IoStatus.Status = STATUS_SUCCESS
+    IoStatus.Information = uiInformation
+    return TRUE
 
 
 def Example_SetSize(pExampleList, uiNewSize):
@@ -520,6 +591,11 @@ def DriverEntry(pDriverObject, pRegistryPath):
     pDriverObject.MajorFunction[IRP_MJ_WRITE] = Example_Write
     pDriverObject.MajorFunction[IRP_MJ_DEVICE_CONTROL] = Example_IoControl
     pDriverObject.DriverUnload = Example_Unload
+    pFastIoDispatch = FAST_IO_DISPATCH()
+    pFastIoDispatch.SizeOfFastIoDispatch = sizeof(FAST_IO_DISPATCH)
+    pFastIoDispatch.FastIoRead = Example_FastIoRead
+    pFastIoDispatch.FastIoWrite = Example_FastIoWrite
+    pDriverObject.FastIoDispatch = pFastIoDispatch
     pDeviceObject.Flags |= DO_BUFFERED_IO
     pDeviceObject.Flags &= ~DO_DEVICE_INITIALIZING
 

@@ -10,9 +10,9 @@ object, and the program's reply.
 from __future__ import annotations
 
 from ringzero.kernel import dbg, system, verifier
-from ringzero.kernel.context import calling_driver
+from ringzero.kernel.context import PASSIVE_LEVEL, calling_driver, current
 from ringzero.kernel.io.irp import IoCallDriver, IoCancelIrp, IoCompleteRequest
-from ringzero.kernel.io.objects import DEVICE_OBJECT, FILE_OBJECT, IO_SECURITY_CONTEXT, IRP
+from ringzero.kernel.io.objects import DEVICE_OBJECT, FILE_OBJECT, IO_SECURITY_CONTEXT, IO_STATUS_BLOCK, IRP
 from ringzero.kernel.ke import dispatcher as ke
 from ringzero.kernel.mm.mdl import mdl_for_buffer
 from ringzero.kernel.mm.user import AccessViolation, NtException, UserAddress, read_into, write_from
@@ -198,16 +198,21 @@ def _complete(irp: IRP) -> None:
         with proc.lock:
             proc.pending.discard(irp)
             proc.io_charged -= irp.io_charge
-    ev = irp.user_event_obj
-    reply = irp.io_reply
+    try:
+        _answer(irp.io_reply, irp, irp.user_event_obj, status, info, data)
+    finally:
+        if kind != _KIND_CLOSE:  # the object is already on its way out
+            ob.dereference(fo)
+
+
+def _answer(reply: Reply, irp: IRP | None, ev, status: int, info: int, data) -> None:
+    """Send a request's answer, then signal its event (and let it go)."""
     try:
         reply.complete(irp, status, info, data)
     finally:
         if ev is not None:
             ke.KeSetEvent(ev)
             ob.dereference(ev)
-        if kind != _KIND_CLOSE:  # the object is already on its way out
-            ob.dereference(fo)
 
 
 # -- open ----------------------------------------------------------------------
@@ -465,6 +470,50 @@ def device_io_control(process, handle: int, code: int, in_data, out_length: int,
     _send(irp)
 
 
+# -- fast I/O (objects.FAST_IO_DISPATCH) -----------------------------------------
+
+_FAST_READ_TAKEN = (st.STATUS_SUCCESS, st.STATUS_BUFFER_OVERFLOW, st.STATUS_END_OF_FILE)
+_FAST_WRITE_TAKEN = (st.STATUS_SUCCESS,)
+
+
+def _fast_io(routine, fo: FILE_OBJECT, dev: DEVICE_OBJECT, offset: int, length: int, buf, taken: tuple):
+    """Call a fast I/O routine as NtReadFile/NtWriteFile do: Wait TRUE, in the
+    caller's context, the file object referenced meanwhile.  Its IO_STATUS_BLOCK
+    if it did the request with a status in `taken`, None if the request is to
+    go as an IRP.  A routine that raises has failed the request (it may have
+    done part of it): the fault is reported as a dispatch routine's is, and its
+    status is the answer."""
+    iosb = IO_STATUS_BLOCK()
+    driver = dev.DriverObject
+    ctx = current
+    saved = ctx.driver, ctx.irql
+    ctx.driver, ctx.irql = driver, PASSIVE_LEVEL
+    ob.reference(fo)
+    try:
+        done = routine(fo, fo.CurrentByteOffset if offset < 0 else offset, length, True, 0, buf, iosb, dev)
+    except Exception as exc:
+        if isinstance(exc, NtException):
+            dbg.emit(f"{driver.name}: unhandled exception {st.status_name(exc.status)} in fast I/O: {exc}",
+                     level="fault", source=driver.name)
+            driver.note_fault()
+            iosb.Status = exc.status
+        else:
+            dbg.fault(f"fast I/O routine {getattr(routine, '__name__', '?')}", exc, driver)
+            iosb.Status = st.STATUS_DRIVER_INTERNAL_ERROR
+        iosb.Information = 0
+        return iosb
+    finally:
+        ctx.driver, ctx.irql = saved
+        ob.dereference(fo)
+    if done is True or done == 1:
+        driver.counters["fast_io"] += 1
+        return iosb if iosb.Status & 0xFFFFFFFF in taken else None
+    if done is not False and done != 0:
+        verifier.violation("DRIVER_RETURNED_NON_BOOLEAN", f"{getattr(routine, '__name__', routine)} returned {done!r}",
+                           driver=driver, raise_it=False)
+    return None
+
+
 def read_file(process, handle: int, length: int, offset: int, buf_addr: int, event: int, reply: Reply,
               rid: int = 0, tid: int = 0, overlapped: bool = False, user_buffer: bool = False) -> None:
     """NtReadFile.  With `user_buffer` the copy-back goes straight into the
@@ -481,6 +530,30 @@ def read_file(process, handle: int, length: int, offset: int, buf_addr: int, eve
         ok, ev = _user_event(process, event, reply)
         if not ok:
             return
+    if fo.PrivateCacheMap is not None and fo.synchronous:
+        dev = fo.DeviceObject.top_of_stack()
+        fast = dev.DriverObject.FastIoDispatch
+        if fast is not None and fast.FastIoRead is not None:
+            buf = bytearray(length)
+            iosb = _fast_io(fast.FastIoRead, fo, dev, offset, length, buf, _FAST_READ_TAKEN)
+            if iosb is not None:
+                status, info = iosb.Status & 0xFFFFFFFF, iosb.Information
+                if info > length:
+                    verifier.violation(verifier.INFORMATION_TOO_LARGE, f"Information {info} > buffer {length}",
+                                       driver=dev.DriverObject, raise_it=False)
+                    info = length
+                data = b""
+                if status >= 0xC0000000:
+                    info = 0
+                elif user_buffer and buf_addr:
+                    try:
+                        write_from(process.pid, buf_addr, memoryview(buf)[:info])
+                    except AccessViolation:
+                        status, info = st.STATUS_ACCESS_VIOLATION, 0
+                else:
+                    data = memoryview(buf)[:info]
+                _answer(reply, None, ev, status, info, data)
+                return
     irp = _new_irp(fo, IRP_MJ_READ, process, reply, rid, tid, overlapped)
     irp.io_charge = IRP_CHARGE + length
     irp.user_event_obj = ev
@@ -524,6 +597,15 @@ def write_file(process, handle: int, data, offset: int, buf_addr: int, event: in
         ok, ev = _user_event(process, event, reply)
         if not ok:
             return
+    if fo.PrivateCacheMap is not None and fo.synchronous:
+        dev = fo.DeviceObject.top_of_stack()
+        fast = dev.DriverObject.FastIoDispatch
+        if fast is not None and fast.FastIoWrite is not None:
+            iosb = _fast_io(fast.FastIoWrite, fo, dev, offset, len(buf), buf, _FAST_WRITE_TAKEN)
+            if iosb is not None:
+                status = iosb.Status & 0xFFFFFFFF
+                _answer(reply, None, ev, status, iosb.Information if status < 0xC0000000 else 0, b"")
+                return
     irp = _new_irp(fo, IRP_MJ_WRITE, process, reply, rid, tid, overlapped)
     irp.io_charge = IRP_CHARGE + len(buf)
     irp.user_event_obj = ev

@@ -30,6 +30,7 @@ class DRIVER_OBJECT(ObjectHeader):
         self.MajorFunction: list = [None] * (IRP_MJ_MAXIMUM_FUNCTION + 1)
         self.DriverUnload = None
         self.DriverStartIo = None
+        self.FastIoDispatch = None    # a FAST_IO_DISPATCH, if the driver has fast I/O routines
         self.DriverExtension = None
         self.DriverSection = None
         self.Flags = 0
@@ -38,7 +39,7 @@ class DRIVER_OBJECT(ObjectHeader):
         self.fault_limit = verifier.fault_limit   # 0: never mark faulted
         self.faulted = False
         self.unloading = False
-        self.counters = {"irps": 0}
+        self.counters = {"irps": 0, "fast_io": 0}
 
     @property
     def name(self) -> str:  # ObjectHeader's name is the namespace leaf
@@ -61,6 +62,35 @@ class DRIVER_OBJECT(ObjectHeader):
             self.faulted = True
             dbg.emit(f"{self.name}: {self.faults} faults (limit {self.fault_limit}); the driver is marked faulted "
                      "and refuses new opens", level="fault", source=self.name)
+
+
+class FAST_IO_DISPATCH:
+    """DRIVER_OBJECT.FastIoDispatch: routines the I/O manager calls instead of
+    building an IRP.  ringzero calls the two a pipe's driver uses (NPFS's
+    NpFastRead and NpFastWrite are such): NtReadFile and NtWriteFile on a file
+    object opened for synchronous I/O whose PrivateCacheMap the driver has set
+    (NPFS sets it to 1 so that they are called) first call
+
+        FastIoRead(FileObject, FileOffset, Length, Wait, LockKey, Buffer, IoStatus, DeviceObject)
+        FastIoWrite(FileObject, FileOffset, Length, Wait, LockKey, Buffer, IoStatus, DeviceObject)
+
+    in the caller's context.  The routine moves the bytes itself, between its
+    own state and `Buffer` (a writable buffer of `Length` bytes for a read, the
+    data for a write), fills `IoStatus` and returns TRUE; or it returns FALSE
+    having done nothing, and the request becomes an IRP as usual.  A result the
+    I/O manager does not take as it is (a status other than STATUS_SUCCESS,
+    or STATUS_BUFFER_OVERFLOW and STATUS_END_OF_FILE for a read) also goes the
+    IRP way.  The routine keeps FileObject.CurrentByteOffset if the device has
+    one (FsRtlCopyRead does); nothing is pending afterwards, so there is no
+    cancel, no completion routine and no quota charge."""
+
+    __slots__ = ("SizeOfFastIoDispatch", "FastIoRead", "FastIoWrite")
+    _sizeof_ = 0xE0          # the x64 structure: a ULONG and 27 routine pointers
+
+    def __init__(self):
+        self.SizeOfFastIoDispatch = self._sizeof_
+        self.FastIoRead = None
+        self.FastIoWrite = None
 
 
 class SHARE_ACCESS:
@@ -128,6 +158,7 @@ class FILE_OBJECT(ObjectHeader):
         self.FsContext = None
         self.FsContext2 = None
         self.CurrentByteOffset = 0
+        self.PrivateCacheMap = None   # set (to 1) by a driver whose FastIoRead/FastIoWrite should be called
         self.Flags = 0
         self.ReadAccess = self.WriteAccess = self.DeleteAccess = False
         self.SharedRead = self.SharedWrite = self.SharedDelete = False

@@ -1,0 +1,118 @@
+"""Fast I/O (FAST_IO_DISPATCH): when the I/O manager calls a driver's FastIoRead
+and FastIoWrite instead of building an IRP, and what it does with their answer,
+as NtReadFile and NtWriteFile do."""
+
+import json
+import os
+import struct
+import sys
+
+import pytest
+
+from conftest import TEST_DRIVERS
+from ringzero.win32 import pywintypes, win32con, win32event, win32file, winerror
+
+sys.path.insert(0, TEST_DRIVERS)
+import fastio as F  # noqa: E402
+
+
+@pytest.fixture
+def fio(kernel):
+    kernel.load(os.path.join(TEST_DRIVERS, "fastio.py"), "FastIo")
+    ctl = open_fio()
+    kernel.set_mode = lambda mode, cache_map=1: win32file.DeviceIoControl(
+        ctl, F.IOCTL_SET_MODE, struct.pack("<II", mode, cache_map), 0)
+    kernel.calls = lambda: json.loads(bytes(win32file.DeviceIoControl(ctl, F.IOCTL_LOG, None, 1 << 16)))
+    kernel.fast_io = lambda: kernel.call("driver.counters", service="FastIo")["counters"]["fast_io"]
+    kernel.calls()
+    yield kernel
+    ctl.Close()
+
+
+def open_fio(flags=0):
+    return win32file.CreateFile(r"\\.\FastIo", win32con.GENERIC_READ | win32con.GENERIC_WRITE, 0, None,
+                                win32con.OPEN_EXISTING, flags, None)
+
+
+def overlapped_call(call, h, arg):
+    ov = pywintypes.OVERLAPPED()
+    ov.hEvent = win32event.CreateEvent(None, True, False, None)
+    call(h, arg, ov)
+    n = win32file.GetOverlappedResult(h, ov, True)
+    return n, ov
+
+
+def test_a_synchronous_handle_reads_and_writes_by_fast_io_in_the_callers_context(fio):
+    h = open_fio()
+    assert win32file.ReadFile(h, 10) == (0, b"F" * 10)
+    assert win32file.WriteFile(h, b"abc") == (0, 3)
+    # Wait TRUE, PASSIVE_LEVEL, the caller's process, a buffer of Length bytes; no IRP
+    assert fio.calls() == [["fast-read", 10, True, 0, os.getpid(), 10], ["fast-write", "abc", True, 0]]
+    assert fio.fast_io() == 2
+    h.Close()
+
+
+def test_an_overlapped_handle_always_gets_an_irp(fio):
+    h = open_fio(win32con.FILE_FLAG_OVERLAPPED)
+    assert overlapped_call(win32file.ReadFile, h, 6)[0] == 6
+    assert overlapped_call(win32file.WriteFile, h, b"xyz")[0] == 3
+    assert fio.calls() == [["irp-read", 6], ["irp-write", "xyz"]]
+    assert fio.fast_io() == 0
+    h.Close()
+
+
+def test_without_a_private_cache_map_there_is_no_fast_io(fio):
+    fio.set_mode(F.FAST, cache_map=0)
+    h = open_fio()
+    assert win32file.ReadFile(h, 4) == (0, b"IIII")
+    assert fio.calls() == [["irp-read", 4]]
+    h.Close()
+
+
+@pytest.mark.parametrize("mode", [F.DECLINE, F.UNTAKEN, F.NOT_BOOL])
+def test_fast_io_declined_or_not_taken_becomes_an_irp(fio, mode):
+    fio.set_mode(mode)
+    h = open_fio()
+    assert win32file.ReadFile(h, 4) == (0, b"IIII")
+    assert win32file.WriteFile(h, b"ab") == (0, 2)
+    assert [c[0] for c in fio.calls()] == ["fast-read", "irp-read", "fast-write", "irp-write"]
+    assert ("DRIVER_RETURNED_NON_BOOLEAN" in fio.log()) is (mode == F.NOT_BOOL)
+    h.Close()
+
+
+def test_a_fast_read_answers_with_its_status_as_an_irp_would(fio):
+    h = open_fio()
+    fio.set_mode(F.EOF)
+    with pytest.raises(pywintypes.error) as e:
+        win32file.ReadFile(h, 8)
+    assert e.value.winerror == winerror.ERROR_HANDLE_EOF
+    fio.set_mode(F.OVERFLOW)          # a warning: the data still comes back
+    assert win32file.ReadFile(h, 8) == (winerror.ERROR_MORE_DATA, b"FFFF")
+    fio.set_mode(F.TOO_MUCH)          # Information past the buffer: only the buffer's worth
+    assert win32file.ReadFile(h, 8) == (0, b"F" * 8)
+    assert "INFORMATION_TOO_LARGE" in fio.log() or "larger than the output buffer" in fio.log()
+    assert [c[0] for c in fio.calls()] == ["fast-read"] * 3
+    h.Close()
+
+
+def test_an_event_is_signalled_when_fast_io_did_the_request(fio):
+    h = open_fio()
+    n, ov = overlapped_call(win32file.ReadFile, h, 5)
+    assert n == 5
+    assert win32event.WaitForSingleObject(ov.hEvent, 0) == win32event.WAIT_OBJECT_0
+    assert [c[0] for c in fio.calls()] == ["fast-read"]
+    h.Close()
+
+
+def test_a_fast_io_routine_that_raises_fails_its_request_and_the_kernel_goes_on(fio):
+    fio.set_mode(F.RAISE)
+    h = open_fio()
+    for call, arg in ((win32file.ReadFile, 4), (win32file.WriteFile, b"ab")):
+        with pytest.raises(pywintypes.error) as e:
+            call(h, arg)
+        assert e.value.winerror == 1117      # STATUS_DRIVER_INTERNAL_ERROR -> ERROR_IO_DEVICE
+    assert "ZeroDivisionError" in fio.log()
+    assert [c[0] for c in fio.calls()] == ["fast-read", "fast-write"]   # not retried as IRPs
+    fio.set_mode(F.FAST)
+    assert win32file.ReadFile(h, 3) == (0, b"FFF")
+    h.Close()
