@@ -57,8 +57,11 @@ class _Size(click.ParamType):
 @click.option("--max-io-memory", type=_Size(), default=None, metavar="SIZE",
               help="Pool (IRPs and system buffers) one program's outstanding requests may hold at once (its quota); "
                    "past it a request fails with ERROR_NOT_ENOUGH_QUOTA.  [default: 256M]")
+@click.option("--priority-boost", type=click.IntRange(0, 39), default=10, show_default=True, metavar="N",
+              help="Run N nice levels above the programs, when permitted (root or CAP_SYS_NICE; otherwise it says "
+                   "so and runs as they do); 0: at the nice value it was started with.")
 def kernel(socket_path, loads, state_dir, verbose, no_verifier, fault_limit, max_handles, max_pending,
-           max_pool, max_io_memory) -> None:
+           max_pool, max_io_memory, priority_boost) -> None:
     """Run the kernel host in the foreground until Ctrl-C / SIGTERM.
 
     Drivers' DriverUnload runs for each loaded driver at shutdown, and the
@@ -67,4 +70,4 @@ def kernel(socket_path, loads, state_dir, verbose, no_verifier, fault_limit, max
     """
     from ringzero.kernel.boot import run
     sys.exit(run(socket_path, list(loads), state_dir, verbose, False, not no_verifier, fault_limit, max_handles,
-                 max_pending, max_pool, max_io_memory))
+                 max_pending, max_pool, max_io_memory, priority_boost))

@@ -3,7 +3,7 @@
 import argparse
 import sys
 
-from ringzero.kernel.boot import parse_size, run
+from ringzero.kernel.boot import PRIORITY_BOOST, parse_size, run
 
 
 def main(argv=None) -> int:
@@ -19,9 +19,10 @@ def main(argv=None) -> int:
     ap.add_argument("--max-pending", type=int, default=0)
     ap.add_argument("--max-pool", type=parse_size, default=None)
     ap.add_argument("--max-io-memory", type=parse_size, default=None)
+    ap.add_argument("--priority-boost", type=int, default=PRIORITY_BOOST)
     a = ap.parse_args(argv)
     return run(a.socket, a.load, a.state, a.verbose, a.quiet, not a.no_verifier, a.fault_limit, a.max_handles,
-               a.max_pending, a.max_pool, a.max_io_memory)
+               a.max_pending, a.max_pool, a.max_io_memory, a.priority_boost)
 
 
 if __name__ == "__main__":
