@@ -324,13 +324,14 @@ def Example_ReadQueued(pExampleList, pBuffer, uiLength):
     into the room this makes (and taking their data too while the buffer has
     room); (bytes read, writes now wholly stored, to complete once the lock is
     released).  kInstanceBufferMutex held."""
-    pBuffer = memoryview(pBuffer)
-    uiRead, pStored = 0, []
-    while True:
-        uiRead += Example_ReadData(pExampleList, pBuffer[uiRead:], uiLength - uiRead)
+    uiRead = Example_ReadData(pExampleList, pBuffer, uiLength)
+    pStored = []
+    while pExampleList.PendingWrites:
         pStored += Example_FillFromPendingWrites(pExampleList)
         if uiRead == uiLength or not pExampleList.uiBytesQueued:
-            return uiRead, pStored
+            break
+        uiRead += Example_ReadData(pExampleList, memoryview(pBuffer)[uiRead:], uiLength - uiRead)
+    return uiRead, pStored
 
 
 def Example_Store(pExampleList, pData):
@@ -352,7 +353,7 @@ def Example_Store(pExampleList, pData):
         pSatisfied.append(pReadIrp)
         uiWritten += uiPart
     if uiWritten < uiLength and not pExampleList.PendingWrites:
-        uiWritten += Example_WriteData(pExampleList, pData[uiWritten:])
+        uiWritten += Example_WriteData(pExampleList, pData[uiWritten:] if uiWritten else pData)
     return uiWritten, pSatisfied
 
 
@@ -431,7 +432,8 @@ def Example_FastIoRead(FileObject, FileOffset, Length, Wait, LockKey, Buffer, Io
         return FALSE
     uiRead, pStored = Example_ReadQueued(pExampleList, Buffer, Length)
     KeReleaseMutex(pExampleList.kInstanceBufferMutex, FALSE)
-    Example_CompleteAll(pStored)
+    if pStored:
+        Example_CompleteAll(pStored)
     return Example_FastDone(IoStatus, uiRead)
 
 
@@ -450,14 +452,16 @@ def Example_FastIoWrite(FileObject, FileOffset, Length, Wait, LockKey, Buffer, I
         return FALSE
     uiWritten, pSatisfied = Example_Store(pExampleList, memoryview(Buffer)[:Length])
     KeReleaseMutex(pExampleList.kInstanceBufferMutex, FALSE)
-    Example_CompleteAll(pSatisfied)
+    if pSatisfied:
+        Example_CompleteAll(pSatisfied)
     return Example_FastDone(IoStatus, uiWritten)
 
 
 def Example_TryMutex(pMutex, Wait):
     """Own `pMutex` for a fast I/O routine: waiting as a dispatch routine does
     when the caller allows it, not at all otherwise."""
-    return Example_WaitForMutex(pMutex, TimeOut if Wait else NoWait) == STATUS_SUCCESS
+    return KeWaitForMutexObject(pMutex, Executive, KernelMode, FALSE, TimeOut if Wait else NoWait) in (
+        STATUS_SUCCESS, STATUS_ABANDONED)
 
 
 def Example_FastDone(IoStatus, uiInformation):

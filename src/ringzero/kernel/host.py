@@ -338,7 +338,8 @@ class ProgramConnection:
             proc = self._admit(K.READ_FILE, rid, tid)
             if proc is not None:
                 iofile.read_file(proc, h, length, offset, addr, event, _Req(self, rid), rid, tid,
-                                 bool(flags & wire.FLAG_OVERLAPPED), self._user_buffer(flags))
+                                 bool(flags & wire.FLAG_OVERLAPPED),
+                                 bool(flags & wire.FLAG_USER_BUFFER) and self._user_buffer(flags))
         except Exception as e:
             self._failed(K.READ_FILE, rid, e)
 

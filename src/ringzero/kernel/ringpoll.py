@@ -243,6 +243,8 @@ class Poller:
         proc = conn.process
         current.process = proc
         me = threading.get_ident()
+        dispatching = conn.dispatching
+        dispatching.add(me)      # rundown alerts this thread while it works for the program
         try:
             req = ch.req
             max_payload = conn.host.max_payload
@@ -259,28 +261,24 @@ class Poller:
                 # copied whole and decoded.
                 n = len(view)
                 kind = view[4] if not view[5] else 0
-                conn.dispatching.add(me)
-                try:
-                    if kind == _READ_FILE and n == _READ_FRAME.size:
-                        length, _, flags, nfds, tid, rid, h, size, offset, addr, event = _READ_FRAME.unpack(view)
-                        req.advance()
-                        if length != n - wire.HEADER_SIZE or nfds:
-                            raise wire.RemoteProtocolError("malformed READ_FILE frame")
-                        conn.serve_read(rid, tid, flags, h, size, offset, addr, event)
-                    elif kind == _WRITE_FILE and n > _SPLIT_MIN and not view[6] & _USER_BUFFER:
-                        length, _, flags, nfds, tid, rid, h, offset, addr, event = _WRITE_HEAD.unpack_from(view)
-                        data = bytearray(view[_WRITE_FIXED:])
-                        req.advance()
-                        if length != n - wire.HEADER_SIZE or length > max_payload or nfds or flags & _USER_BUFFER:
-                            raise wire.RemoteProtocolError("malformed WRITE_FILE frame")
-                        conn.serve_write(rid, tid, flags, h, offset, addr, event, data)
-                    else:
-                        data = bytes(view)
-                        req.advance()
-                        conn.serve(wire.decode_ring_frame(data, _KERNEL, max_payload))
-                finally:
-                    conn.dispatching.discard(me)
-                    current.process = proc
+                if kind == _READ_FILE and n == _READ_FRAME.size:
+                    length, _, flags, nfds, tid, rid, h, size, offset, addr, event = _READ_FRAME.unpack(view)
+                    req.advance()
+                    if length != n - wire.HEADER_SIZE or nfds:
+                        raise wire.RemoteProtocolError("malformed READ_FILE frame")
+                    conn.serve_read(rid, tid, flags, h, size, offset, addr, event)
+                elif kind == _WRITE_FILE and n > _SPLIT_MIN and not view[6] & _USER_BUFFER:
+                    length, _, flags, nfds, tid, rid, h, offset, addr, event = _WRITE_HEAD.unpack_from(view)
+                    data = bytearray(view[_WRITE_FIXED:])
+                    req.advance()
+                    if length != n - wire.HEADER_SIZE or length > max_payload or nfds or flags & _USER_BUFFER:
+                        raise wire.RemoteProtocolError("malformed WRITE_FILE frame")
+                    conn.serve_write(rid, tid, flags, h, offset, addr, event, data)
+                else:
+                    data = bytes(view)
+                    req.advance()
+                    conn.serve(wire.decode_ring_frame(data, _KERNEL, max_payload))
+                current.process = proc     # whatever a driver left attached
                 if self.token is not current.poller_token:
                     return
         except wire.ProtocolError as e:
@@ -293,6 +291,8 @@ class Poller:
         except Exception as e:  # a bug of ours must not take the poller down
             if not ch.closed:    # (a ring closed under us by rundown is not one)
                 dbg.fault("ring poller", e)
+        finally:
+            dispatching.discard(me)
 
 
 poller: Poller | None = None

@@ -149,30 +149,31 @@ class Ring:
         """Append one whole frame, `frame` followed by `body` (so a large payload
         is copied once, straight into the ring); False if it is too large or
         does not fit now."""
-        n = len(frame) + len(body)
+        k = len(frame)
+        n = k + len(body)
         total = (n + 7) & ~7
         if total > self.max_frame:
             return False
+        size = self.size
         head = self.pos
-        tail = self.ctl[self.tail_i]
-        used = head - tail
-        if used < 0 or used > self.size:
+        used = head - self.ctl[self.tail_i]
+        if used < 0 or used > size:
             raise RemoteProtocolError("the consumer moved the ring's tail out of range")
         off = head & self.mask
-        room = self.size - off
+        room = size - off
+        data = self.data
         if room < total:
-            if self.size - used < room + total:
+            if size - used < room + total:
                 return False
             if room >= HEADER_SIZE:
-                HEADER.pack_into(self.data, off, room - HEADER_SIZE, PAD_KIND, 0, 0, 0, 0)
+                HEADER.pack_into(data, off, room - HEADER_SIZE, PAD_KIND, 0, 0, 0, 0)
             head += room
             off = 0
-        elif self.size - used < total:
+        elif size - used < total:
             return False
-        k = len(frame)
-        self.data[off:off + k] = frame
+        data[off:off + k] = frame
         if body:
-            self.data[off + k:off + n] = body
+            data[off + k:off + n] = body
         head += total
         self.pos = head
         self.ctl[self.head_i] = head
@@ -193,14 +194,16 @@ class Ring:
             if head == tail:
                 return None
             avail = head - tail
-            if avail < 0 or avail > self.size:
+            size = self.size
+            if avail < 0 or avail > size:
                 raise RemoteProtocolError(f"the producer moved the ring's head out of range (head {head}, tail {tail})")
             off = tail & self.mask
-            room = self.size - off
+            room = size - off
             if room < HEADER_SIZE:
                 self._advance(tail + room)
                 continue
-            length, kind = _LENGTH_KIND.unpack_from(self.data, off)
+            data = self.data
+            length, kind = _LENGTH_KIND.unpack_from(data, off)
             if kind == PAD_KIND:
                 if length != room - HEADER_SIZE:
                     raise RemoteProtocolError("malformed ring padding")
@@ -211,11 +214,12 @@ class Ring:
             if n > room or total > avail:
                 raise RemoteProtocolError(f"ring frame of {length} bytes overruns the ring")
             self._next = tail + total
-            return self.data[off:off + n]
+            return data[off:off + n]
 
     def advance(self) -> None:
         """Done with the frame `peek` returned: its room goes back to the producer."""
-        self._advance(self._next)
+        self.pos = pos = self._next
+        self.ctl[self.tail_i] = pos
 
     def get(self) -> bytes | None:
         """The next frame's bytes (a private copy), or None when the ring is empty."""

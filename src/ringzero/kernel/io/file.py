@@ -552,7 +552,10 @@ def read_file(process, handle: int, length: int, offset: int, buf_addr: int, eve
                         status, info = st.STATUS_ACCESS_VIOLATION, 0
                 else:
                     data = memoryview(buf)[:info]
-                _answer(reply, None, ev, status, info, data)
+                if ev is None:
+                    reply.complete(None, status, info, data)
+                else:
+                    _answer(reply, None, ev, status, info, data)
                 return
     irp = _new_irp(fo, IRP_MJ_READ, process, reply, rid, tid, overlapped)
     irp.io_charge = IRP_CHARGE + length
@@ -604,7 +607,11 @@ def write_file(process, handle: int, data, offset: int, buf_addr: int, event: in
             iosb = _fast_io(fast.FastIoWrite, fo, dev, offset, len(buf), buf, _FAST_WRITE_TAKEN)
             if iosb is not None:
                 status = iosb.Status & 0xFFFFFFFF
-                _answer(reply, None, ev, status, iosb.Information if status < 0xC0000000 else 0, b"")
+                info = iosb.Information if status < 0xC0000000 else 0
+                if ev is None:
+                    reply.complete(None, status, info, b"")
+                else:
+                    _answer(reply, None, ev, status, info, b"")
                 return
     irp = _new_irp(fo, IRP_MJ_WRITE, process, reply, rid, tid, overlapped)
     irp.io_charge = IRP_CHARGE + len(buf)
