@@ -22,9 +22,12 @@ def role_command(module: str, role: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, "--role", role, *args]
 
 
-def run_pair(writer: list[str], reader: list[str], pass_fds=(), timeout: float = 300.0) -> tuple[dict, dict]:
+def run_pair(writer: list[str], reader: list[str], pass_fds=(), timeout: float = 300.0,
+             watch=None) -> tuple[dict, dict]:
     """Start `reader` then `writer`; each prints "ready", waits for a line on
-    stdin, runs, and prints one JSON line.  Both are released together."""
+    stdin, runs, and prints one JSON line.  Both are released together.  With
+    `watch`, `watch(writer_pid, reader_pid)` is called as they are released and
+    returns a callable called once both have finished."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (os.path.join(ROOT, "src"), ROOT, env.get("PYTHONPATH")) if p)
     procs = []
@@ -36,15 +39,20 @@ def run_pair(writer: list[str], reader: list[str], pass_fds=(), timeout: float =
             line = p.stdout.readline()
             if line.strip() != "ready":
                 raise RuntimeError(f"{' '.join(cmd)} did not start (said {line!r})")
+        done = watch(procs[1].pid, procs[0].pid) if watch is not None else None
         for p in procs:
             p.stdin.write("go\n")
             p.stdin.flush()
         results = []
-        for p in procs:
-            out, _ = p.communicate(timeout=timeout)
-            if p.returncode != 0:
-                raise RuntimeError(f"a benchmark process failed with code {p.returncode}")
-            results.append(json.loads(out.strip().splitlines()[-1]))
+        try:
+            for p in procs:
+                out, _ = p.communicate(timeout=timeout)
+                if p.returncode != 0:
+                    raise RuntimeError(f"a benchmark process failed with code {p.returncode}")
+                results.append(json.loads(out.strip().splitlines()[-1]))
+        finally:
+            if done is not None:
+                done()
         return results[1], results[0]
     finally:
         for p in procs:

@@ -21,6 +21,7 @@ import os
 import socket
 import struct
 import sys
+import threading
 
 from bench._common import gbps, now, ready_then_wait, report, role_command, run_pair, spread
 
@@ -133,9 +134,71 @@ def sock_writer(fd: int, total: int, chunk: int) -> None:
 
 # -- the runs ----------------------------------------------------------------------
 
-def run_ringzero(total: int, chunk: int, ring: int, depth: int, write_depth: int = 1) -> tuple[float, dict, dict]:
+# -- where the three processes ran ---------------------------------------------------
+
+def _cpu_of(stat_path: str) -> tuple[int, str] | None:
+    """(the CPU a task last ran on, its state) from its /proc stat, or None."""
+    try:
+        with open(stat_path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    fields = data[data.rindex(b")") + 2:].split()
+    return int(fields[36]), fields[0].decode()
+
+
+class Placement:
+    """Samples, every few milliseconds while a stream runs, which CPU the
+    kernel's busy thread, the writer and the reader are on: the stream's rate
+    depends on it more than on anything else on a machine with 2 CPUs."""
+
+    PERIOD = 0.01
+
+    def __init__(self, kernel_pid: int | None):
+        self.kernel_pid = kernel_pid
+        self.counts = collections.Counter()
+
+    def watch(self, writer_pid: int, reader_pid: int):
+        stop = threading.Event()
+        if self.kernel_pid is None:
+            return stop.set
+
+        def sample():
+            task_dir = f"/proc/{self.kernel_pid}/task"
+            while not stop.wait(self.PERIOD):
+                try:
+                    tasks = os.listdir(task_dir)
+                except OSError:
+                    return
+                running = [c for c in (_cpu_of(f"{task_dir}/{t}/stat") for t in tasks) if c and c[1] == "R"]
+                w, r = _cpu_of(f"/proc/{writer_pid}/stat"), _cpu_of(f"/proc/{reader_pid}/stat")
+                if not running or w is None or r is None:
+                    continue
+                k = running[0][0]
+                self.counts["all three on one CPU" if k == w[0] == r[0] else
+                            "the kernel sharing a CPU with a program" if k in (w[0], r[0]) else
+                            "the kernel on a CPU of its own"] += 1
+
+        t = threading.Thread(target=sample, daemon=True)
+        t.start()
+
+        def done():
+            stop.set()
+            t.join()
+        return done
+
+    def summary(self) -> str:
+        n = sum(self.counts.values())
+        if not n:
+            return "placement not sampled"
+        return ", ".join(f"{what} {100 * c / n:.0f}%" for what, c in self.counts.most_common())
+
+
+def run_ringzero(total: int, chunk: int, ring: int, depth: int, write_depth: int = 1,
+                 placement: Placement | None = None) -> tuple[float, dict, dict]:
     w, r = run_pair(role_command(MODULE, "rz-writer", str(total), str(chunk), str(write_depth)),
-                    role_command(MODULE, "rz-reader", str(total), str(chunk), str(ring), str(depth)))
+                    role_command(MODULE, "rz-reader", str(total), str(chunk), str(ring), str(depth)),
+                    watch=placement.watch if placement is not None else None)
     if r["bytes"] != total:
         raise RuntimeError(f"the reader got {r['bytes']} of {total} bytes")
     return gbps(total, r["t1"] - w["t0"]), w, r
@@ -186,20 +249,28 @@ def main(argv=None) -> int:
           f"{a.depth} read(s) and {a.write_depth} write(s) pending; "
           f"{os.cpu_count()} CPUs; Python {sys.version.split()[0]}")
     rz, sock = [], []
+    placed = collections.Counter()
     for i in range(a.runs):
-        rate, w, r = run_ringzero(total, a.chunk, a.ring, a.depth, a.write_depth)
+        placement = Placement(client.embedded_kernel_pid())
+        rate, w, r = run_ringzero(total, a.chunk, a.ring, a.depth, a.write_depth, placement)
         rz.append(rate)
         sock.append(run_socket(total, a.chunk))
         print(f"  run {i + 1}: Example {rz[-1]:.3f} GB/s ({r['reads']} reads of {total // a.chunk} chunks)   "
               f"socket {sock[-1]:.3f} GB/s", flush=True)
+        print(f"         {placement.summary()}", flush=True)
+        placed += placement.counts
     (rm, rlo, rhi), (sm, slo, shi) = spread(rz), spread(sock)
     print(f"Example driver  median {rm:.3f} GB/s  (min {rlo:.3f}, max {rhi:.3f})")
     print(f"Unix socket     median {sm:.3f} GB/s  (min {slo:.3f}, max {shi:.3f})")
     print(f"ratio           {rm / sm:.3f} of the raw socket")
+    total_placed = Placement(None)
+    total_placed.counts = placed
+    print(f"where the kernel's busy thread ran, over all runs: {total_placed.summary()}")
     client.stop_embedded_kernel()
     if a.json:
         print(json.dumps({"example_gbps": rm, "example_min": rlo, "example_max": rhi, "socket_gbps": sm,
-                          "socket_min": slo, "socket_max": shi, "ratio": rm / sm}))
+                          "socket_min": slo, "socket_max": shi, "ratio": rm / sm,
+                          "placement": total_placed.summary()}))
     return 0
 
 

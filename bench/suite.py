@@ -416,7 +416,7 @@ def run(quick: bool = False, runs: int = 5, only: set | None = None, as_json: bo
                 console.print(f"4. Example pipe streaming, 64 KiB chunks: [bold]{x['example_gbps']:.2f} GB/s[/bold] "
                               f"({x['example_min']:.2f}..{x['example_max']:.2f}) vs a raw Unix-socket stream "
                               f"{x['socket_gbps']:.2f} GB/s ({x['socket_min']:.2f}..{x['socket_max']:.2f}): "
-                              f"{x['ratio']:.3f}x")
+                              f"{x['ratio']:.3f}x; samples of the kernel's busy thread: {x['placement']}")
             else:
                 console.print(f"4. Example pipe streaming failed:\n{r.stderr[-2000:]}")
 

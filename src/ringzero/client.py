@@ -550,6 +550,11 @@ def start_embedded_kernel(quiet: bool = True, timeout: float = 15.0) -> str:
     return path
 
 
+def embedded_kernel_pid() -> int | None:
+    """The pid of the kernel start_embedded_kernel started, while it runs."""
+    return _embedded.pid if _embedded is not None and _embedded.poll() is None else None
+
+
 def stop_embedded_kernel() -> None:
     global _embedded
     disconnect()
