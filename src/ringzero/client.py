@@ -49,6 +49,12 @@ STATUS_INVALID_PARAMETER = 0xC000000D
 # within the spin time, so a program that waits for long costs nothing.
 SPIN_SECONDS = 500e-6
 SPIN_MISSES_TO_STOP = 2
+# A program about to spin on the CPU the kernel's ring thread is on would only
+# take that CPU from it: it moves itself to another of its CPUs instead, at most
+# this often (its affinity mask is changed and at once set back as it was, so
+# the scheduler may put it anywhere later).  RINGZERO_MOVE=0 turns this off.
+MOVE_SECONDS = 0.05
+MOVE_OFF_KERNEL_CPU = os.environ.get("RINGZERO_MOVE", "1") != "0"
 ENV_RING = "RINGZERO_RING"   # "0" keeps a program on the socket path
 # Read and write data larger than a ring frame takes (or, with no ring, than
 # this) stays in the program's buffer for the kernel to copy, when it can.
@@ -128,6 +134,7 @@ class Connection:
         self.requests_sent = 0
         self._socket_frames = self._hints = 0
         self._spin_misses = 0
+        self._moved_at = -MOVE_SECONDS
         self._send(self.proto.send(wire.hello()))
         while self.proto.state is not wire.State.READY:
             self._read_socket()
@@ -276,6 +283,9 @@ class Connection:
         if ring is not None:
             start = time.perf_counter()
             if self._spin_misses < SPIN_MISSES_TO_STOP:
+                kernel_cpu = ring.kernel_cpu()
+                if kernel_cpu and kernel_cpu == rings.current_cpu() + 1 and MOVE_OFF_KERNEL_CPU:
+                    self._move_off(kernel_cpu - 1, start)
                 spin_until = start + SPIN_SECONDS
                 yield_cpu = os.sched_yield
                 pending = ring.pending
@@ -308,6 +318,21 @@ class Connection:
                 self._pump_socket()
         if ring is not None and self._drain_ring() and time.perf_counter() - start < SPIN_SECONDS:
             self._spin_misses = 0     # that answer came soon enough for a spin to have caught it
+
+    def _move_off(self, cpu: int, now: float) -> None:
+        """About to spin on the CPU the kernel's ring thread runs on: move this
+        thread to another CPU it may run on, once in a while (ring.py)."""
+        if now - self._moved_at < MOVE_SECONDS:
+            return
+        self._moved_at = now
+        try:
+            mask = os.sched_getaffinity(0)
+            if len(mask) < 2 or cpu not in mask:
+                return
+            os.sched_setaffinity(0, mask - {cpu})    # the scheduler moves this thread off `cpu` at once
+            os.sched_setaffinity(0, mask)            # and its mask is its own again
+        except OSError:
+            pass
 
     def _drain_ring(self) -> bool:
         ring = self.resp_ring

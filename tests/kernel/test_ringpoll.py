@@ -223,3 +223,27 @@ def test_reads_and_writes_are_taken_apart_in_one_step_and_anything_else_decoded(
     finally:
         poller.stop()
         ch.close()
+
+
+def test_the_poller_says_which_cpu_it_is_on_while_it_polls_and_nothing_once_it_sleeps():
+    poller = ringpoll.Poller()
+    conn = StandIn()
+    seen = []
+    try:
+        ch, ring = channel(conn)
+        conn.after_each = lambda: seen.append((rings.current_cpu(), ring.kernel_cpu()))
+        for _ in range(50):
+            assert ring.put(FRAME)
+        poller.register(ch)
+        assert wait_until(lambda: conn.served >= 50)
+        # while it serves the ring it says where it runs (refreshed every CPU_SECONDS)
+        assert wait_until(lambda: ring.kernel_cpu() == rings.current_cpu() + 1 or ring.kernel_cpu() == 0)
+        assert all(0 < k <= os.cpu_count() for _, k in seen[1:])
+        assert any(k == cpu + 1 for cpu, k in seen)
+        # idle past its spin, it sleeps, and says it no longer knows
+        assert wait_until(lambda: ring.kernel_cpu() == 0 and not ring.flag())
+    finally:
+        conn.after_each = None
+        poller.stop()
+        for c in poller.channels.values():
+            c.close()

@@ -36,6 +36,9 @@ _WRITE_FIXED = wire.WRITE_HEAD.size
 _SPLIT_MIN = 4096                        # smaller writes are copied whole, as any other frame
 SPIN_SECONDS = 200e-6
 SCAN_SECONDS = 500e-6     # while busy, how often to look for other programs' doorbells
+CPU_SECONDS = 200e-6      # how often to tell the hot rings' programs which CPU this thread is on (ring.py)
+KEEP_OFF_PER_CPU = 2      # busy programs per other CPU up to which they are asked to keep off this thread's
+_CPUS = len(os.sched_getaffinity(0))
 MAX_BATCH = 64
 SWITCH_INTERVAL = 50e-6   # let a spinning thread hand over the interpreter quickly
 MAX_SPARE = 16            # parked threads kept for the next handoff
@@ -103,6 +106,7 @@ class Poller:
         self.wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.ep.register(self.wake_fd, select.EPOLLIN)
         self.stopped = False
+        self.cpu = 0              # the CPU the polling thread last ran on, plus one
 
     def register(self, ch: Channel) -> None:
         with self.lock:
@@ -175,7 +179,7 @@ class Poller:
         hot = self.hot
         yield_cpu = os.sched_yield
         fence = rings.fence
-        last_work = last_scan = time.perf_counter()
+        last_work = last_scan = next_cpu = time.perf_counter()
         while self.token is token:
             did = False
             if last_work - last_scan > SCAN_SECONDS:
@@ -193,6 +197,9 @@ class Poller:
                     if self.token is not token:
                         return   # a dispatch blocked; another thread polls now
             now = time.perf_counter()
+            if now >= next_cpu:
+                next_cpu = now + CPU_SECONDS
+                self._tell_cpu(hot)
             if did:
                 last_work = now
                 continue
@@ -202,6 +209,7 @@ class Poller:
             # about to sleep: the programs must ring again, then one more look (ring.py)
             for ch in hot:
                 ch.req.set_flag(0)
+                ch.req.set_kernel_cpu(0)
             fence()
             for ch in hot:
                 if not ch.closed:
@@ -211,11 +219,21 @@ class Poller:
             if did:
                 for ch in hot:
                     ch.req.set_flag(1)
+                self._tell_cpu(hot)
                 continue
             hot.clear()
             if not self._scan(hot, None):
                 return
             last_work = last_scan = time.perf_counter()
+
+    def _tell_cpu(self, hot: list) -> None:
+        """Say in each hot ring which CPU this thread is on now, while so few
+        programs are busy that the other CPUs hold them all (ring.py); else
+        nothing, and they stay where the scheduler put them."""
+        cpu = rings.current_cpu() + 1 if len(hot) <= KEEP_OFF_PER_CPU * (_CPUS - 1) else 0
+        self.cpu = cpu
+        for ch in hot:
+            ch.req.set_kernel_cpu(cpu)
 
     def _scan(self, hot: list, timeout: float | None = 0) -> bool:
         """Add the channels whose doorbell rang to `hot`, waiting up to
@@ -235,6 +253,7 @@ class Poller:
             if ch is not None and not ch.closed and ch not in hot:
                 _drain(fd)         # (a hot ring's doorbell is drained before the poller sleeps)
                 ch.req.set_flag(1)
+                ch.req.set_kernel_cpu(self.cpu)
                 hot.append(ch)
         return True
 

@@ -19,6 +19,7 @@ Layout (native-endian u64 counters, each on its own cache line):
     256    response tail  (written by the program)
     320    request ring polled   (written by the kernel: 1 while it polls this ring)
     384    response ring waiting (written by the program: 1 while it sleeps on its doorbell)
+    448    kernel CPU            (written by the kernel: the CPU its ring thread runs on, plus one; 0 when not known)
     4096   request ring data   (size bytes)
     4096 + size  response ring data (size bytes)
 
@@ -43,10 +44,18 @@ release, a locked read-modify-write instruction on x86-64 (CPython's locks
 are built on atomic compare-and-exchange), and the plain loads and stores
 rely on x86-64's ordering of stores otherwise; `supported()` says whether
 this machine has it, and elsewhere the socket path is used.
+
+Spinning only pays while the side spun on runs on another CPU.  A program
+that spins on the CPU of the kernel's ring thread takes that CPU from the
+very thread it waits for, so while few programs are busy (the other CPUs can
+hold them all) the kernel says in each ring which CPU its ring thread is on,
+and a program about to spin there moves to another of its CPUs first
+(client.py).
 """
 
 from __future__ import annotations
 
+import ctypes
 import platform
 import struct
 import threading
@@ -61,12 +70,14 @@ MAX_SIZE = 1 << 20
 OFF_MAGIC, OFF_SIZE = 0, 8
 OFF_REQ_HEAD, OFF_REQ_TAIL, OFF_RESP_HEAD, OFF_RESP_TAIL = 64, 128, 192, 256
 OFF_REQ_POLLED, OFF_RESP_WAITING = 320, 384
+OFF_KERNEL_CPU = 448
 PAD_KIND = 0
 
 _U64 = struct.Struct("@Q")
 _LENGTH_KIND = struct.Struct("<IH")      # the start of a frame's header
 
 
+_KERNEL_CPU_I = OFF_KERNEL_CPU // 8
 _fence_lock = threading.Lock()
 
 
@@ -75,6 +86,17 @@ def fence() -> None:
     seen by the other side before a load after it is made."""
     _fence_lock.acquire()
     _fence_lock.release()
+
+
+def _cpu_getter():
+    try:
+        return ctypes.CDLL(None).sched_getcpu        # glibc's: the vDSO, no system call
+    except (OSError, AttributeError):
+        return lambda: -1
+
+
+current_cpu = _cpu_getter()
+"""The CPU this thread runs on now (-1 if not known)."""
 
 
 def _counters(mv: memoryview) -> memoryview:
@@ -142,6 +164,13 @@ class Ring:
 
     def set_flag(self, value: int) -> None:
         self.ctl[self.flag_i] = value
+
+    def kernel_cpu(self) -> int:
+        """The CPU the kernel's ring thread said it runs on, plus one; 0 if not known."""
+        return self.ctl[_KERNEL_CPU_I]
+
+    def set_kernel_cpu(self, cpu_plus_one: int) -> None:
+        self.ctl[_KERNEL_CPU_I] = cpu_plus_one
 
     # -- producer ---------------------------------------------------------------
 
