@@ -283,9 +283,10 @@ class Connection:
         if ring is not None:
             start = time.perf_counter()
             if self._spin_misses < SPIN_MISSES_TO_STOP:
-                kernel_cpu = ring.kernel_cpu()
-                if kernel_cpu and kernel_cpu == rings.current_cpu() + 1 and MOVE_OFF_KERNEL_CPU:
-                    self._move_off(kernel_cpu - 1, start)
+                if MOVE_OFF_KERNEL_CPU:
+                    kernel_cpu = ring.kernel_cpu()
+                    if kernel_cpu and kernel_cpu == rings.current_cpu() + 1:
+                        self._move_off(kernel_cpu - 1, start)
                 spin_until = start + SPIN_SECONDS
                 yield_cpu = os.sched_yield
                 pending = ring.pending

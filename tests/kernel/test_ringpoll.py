@@ -237,7 +237,6 @@ def test_the_poller_says_which_cpu_it_is_on_while_it_polls_and_nothing_once_it_s
         poller.register(ch)
         assert wait_until(lambda: conn.served >= 50)
         # while it serves the ring it says where it runs (refreshed every CPU_SECONDS)
-        assert wait_until(lambda: ring.kernel_cpu() == rings.current_cpu() + 1 or ring.kernel_cpu() == 0)
         assert all(0 < k <= os.cpu_count() for _, k in seen[1:])
         assert any(k == cpu + 1 for cpu, k in seen)
         # idle past its spin, it sleeps, and says it no longer knows

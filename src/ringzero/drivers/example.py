@@ -432,8 +432,7 @@ def Example_FastIoRead(FileObject, FileOffset, Length, Wait, LockKey, Buffer, Io
         return FALSE
     uiRead, pStored = Example_ReadQueued(pExampleList, Buffer, Length)
     KeReleaseMutex(pExampleList.kInstanceBufferMutex, FALSE)
-    if pStored:
-        Example_CompleteAll(pStored)
+    Example_CompleteAll(pStored)
     return Example_FastDone(IoStatus, uiRead)
 
 
@@ -452,16 +451,14 @@ def Example_FastIoWrite(FileObject, FileOffset, Length, Wait, LockKey, Buffer, I
         return FALSE
     uiWritten, pSatisfied = Example_Store(pExampleList, memoryview(Buffer)[:Length])
     KeReleaseMutex(pExampleList.kInstanceBufferMutex, FALSE)
-    if pSatisfied:
-        Example_CompleteAll(pSatisfied)
+    Example_CompleteAll(pSatisfied)
     return Example_FastDone(IoStatus, uiWritten)
 
 
 def Example_TryMutex(pMutex, Wait):
     """Own `pMutex` for a fast I/O routine: waiting as a dispatch routine does
     when the caller allows it, not at all otherwise."""
-    return KeWaitForMutexObject(pMutex, Executive, KernelMode, FALSE, TimeOut if Wait else NoWait) in (
-        STATUS_SUCCESS, STATUS_ABANDONED)
+    return Example_WaitForMutex(pMutex, TimeOut if Wait else NoWait) == STATUS_SUCCESS
 
 
 def Example_FastDone(IoStatus, uiInformation):

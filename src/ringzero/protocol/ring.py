@@ -247,8 +247,7 @@ class Ring:
 
     def advance(self) -> None:
         """Done with the frame `peek` returned: its room goes back to the producer."""
-        self.pos = pos = self._next
-        self.ctl[self.tail_i] = pos
+        self._advance(self._next)
 
     def get(self) -> bytes | None:
         """The next frame's bytes (a private copy), or None when the ring is empty."""

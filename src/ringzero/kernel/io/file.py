@@ -142,17 +142,21 @@ def _send(irp: IRP) -> None:
     irp.io_reply.pending(irp)
 
 
-def _dispatch_fault(irp: IRP, exc: Exception) -> int:
-    driver = irp.driver
+def _fault_status(driver, where: str, what: str, exc: Exception) -> int:
+    """Report an exception that escaped a driver routine; the status its
+    request fails with (the NtException's own, else STATUS_DRIVER_INTERNAL_ERROR)."""
     if isinstance(exc, NtException):
-        status = exc.status
-        dbg.emit(f"{getattr(driver, 'name', '?')}: unhandled exception {st.status_name(status)} in dispatch: {exc}",
+        dbg.emit(f"{getattr(driver, 'name', '?')}: unhandled exception {st.status_name(exc.status)} in {where}: {exc}",
                  level="fault", source=getattr(driver, "name", "kernel"))
         if driver is not None:
             driver.note_fault()
-    else:
-        dbg.fault(f"dispatch routine for {irpc.IRP_MJ_NAMES[irp.major]}", exc, driver)
-        status = st.STATUS_DRIVER_INTERNAL_ERROR
+        return exc.status
+    dbg.fault(what, exc, driver)
+    return st.STATUS_DRIVER_INTERNAL_ERROR
+
+
+def _dispatch_fault(irp: IRP, exc: Exception) -> int:
+    status = _fault_status(irp.driver, "dispatch", f"dispatch routine for {irpc.IRP_MJ_NAMES[irp.major]}", exc)
     if not irp.completed:
         irp.CancelRoutine = None
         irp.IoStatus.Status = status
@@ -207,6 +211,9 @@ def _complete(irp: IRP) -> None:
 
 def _answer(reply: Reply, irp: IRP | None, ev, status: int, info: int, data) -> None:
     """Send a request's answer, then signal its event (and let it go)."""
+    if ev is None:
+        reply.complete(irp, status, info, data)
+        return
     try:
         reply.complete(irp, status, info, data)
     finally:
@@ -476,6 +483,17 @@ _FAST_READ_TAKEN = (st.STATUS_SUCCESS, st.STATUS_BUFFER_OVERFLOW, st.STATUS_END_
 _FAST_WRITE_TAKEN = (st.STATUS_SUCCESS,)
 
 
+def _fast_routine(fo: FILE_OBJECT, name: str):
+    """(the FAST_IO_DISPATCH routine `name` NtReadFile/NtWriteFile would call
+    for `fo`, its device), or None: only for a file object opened for
+    synchronous I/O whose PrivateCacheMap its driver set."""
+    if fo.PrivateCacheMap is None or not fo.synchronous:
+        return None
+    dev = fo.DeviceObject.top_of_stack()
+    routine = getattr(dev.DriverObject.FastIoDispatch, name, None)
+    return (routine, dev) if routine is not None else None
+
+
 def _fast_io(routine, fo: FILE_OBJECT, dev: DEVICE_OBJECT, offset: int, length: int, buf, taken: tuple):
     """Call a fast I/O routine as NtReadFile/NtWriteFile do: Wait TRUE, in the
     caller's context, the file object referenced meanwhile.  Its IO_STATUS_BLOCK
@@ -492,26 +510,20 @@ def _fast_io(routine, fo: FILE_OBJECT, dev: DEVICE_OBJECT, offset: int, length: 
     try:
         done = routine(fo, fo.CurrentByteOffset if offset < 0 else offset, length, True, 0, buf, iosb, dev)
     except Exception as exc:
-        if isinstance(exc, NtException):
-            dbg.emit(f"{driver.name}: unhandled exception {st.status_name(exc.status)} in fast I/O: {exc}",
-                     level="fault", source=driver.name)
-            driver.note_fault()
-            iosb.Status = exc.status
-        else:
-            dbg.fault(f"fast I/O routine {getattr(routine, '__name__', '?')}", exc, driver)
-            iosb.Status = st.STATUS_DRIVER_INTERNAL_ERROR
+        iosb.Status = _fault_status(driver, "fast I/O", f"fast I/O routine {getattr(routine, '__name__', '?')}", exc)
         iosb.Information = 0
         return iosb
     finally:
         ctx.driver, ctx.irql = saved
         ob.dereference(fo)
-    if done is True or done == 1:
-        driver.counters["fast_io"] += 1
-        return iosb if iosb.Status & 0xFFFFFFFF in taken else None
-    if done is not False and done != 0:
+    if done not in (True, False):      # (1 and 0 are TRUE and FALSE)
         verifier.violation("DRIVER_RETURNED_NON_BOOLEAN", f"{getattr(routine, '__name__', routine)} returned {done!r}",
                            driver=driver, raise_it=False)
-    return None
+        return None
+    if not done:
+        return None
+    driver.counters["fast_io"] += 1
+    return iosb if iosb.Status & 0xFFFFFFFF in taken else None
 
 
 def read_file(process, handle: int, length: int, offset: int, buf_addr: int, event: int, reply: Reply,
@@ -530,33 +542,29 @@ def read_file(process, handle: int, length: int, offset: int, buf_addr: int, eve
         ok, ev = _user_event(process, event, reply)
         if not ok:
             return
-    if fo.PrivateCacheMap is not None and fo.synchronous:
-        dev = fo.DeviceObject.top_of_stack()
-        fast = dev.DriverObject.FastIoDispatch
-        if fast is not None and fast.FastIoRead is not None:
-            buf = bytearray(length)
-            iosb = _fast_io(fast.FastIoRead, fo, dev, offset, length, buf, _FAST_READ_TAKEN)
-            if iosb is not None:
-                status, info = iosb.Status & 0xFFFFFFFF, iosb.Information
-                if info > length:
-                    verifier.violation(verifier.INFORMATION_TOO_LARGE, f"Information {info} > buffer {length}",
-                                       driver=dev.DriverObject, raise_it=False)
-                    info = length
-                data = b""
-                if status >= 0xC0000000:
-                    info = 0
-                elif user_buffer and buf_addr:
-                    try:
-                        write_from(process.pid, buf_addr, memoryview(buf)[:info])
-                    except AccessViolation:
-                        status, info = st.STATUS_ACCESS_VIOLATION, 0
-                else:
-                    data = memoryview(buf)[:info]
-                if ev is None:
-                    reply.complete(None, status, info, data)
-                else:
-                    _answer(reply, None, ev, status, info, data)
-                return
+    fast = _fast_routine(fo, "FastIoRead")
+    if fast is not None:
+        routine, dev = fast
+        buf = bytearray(length)
+        iosb = _fast_io(routine, fo, dev, offset, length, buf, _FAST_READ_TAKEN)
+        if iosb is not None:
+            status, info = iosb.Status & 0xFFFFFFFF, iosb.Information
+            if info > length:
+                verifier.violation(verifier.INFORMATION_TOO_LARGE, f"Information {info} > buffer {length}",
+                                   driver=dev.DriverObject, raise_it=False)
+                info = length
+            data = b""
+            if status >= 0xC0000000:
+                info = 0
+            elif user_buffer and buf_addr:
+                try:
+                    write_from(process.pid, buf_addr, memoryview(buf)[:info])
+                except AccessViolation:
+                    status, info = st.STATUS_ACCESS_VIOLATION, 0
+            else:
+                data = memoryview(buf)[:info]
+            _answer(reply, None, ev, status, info, data)
+            return
     irp = _new_irp(fo, IRP_MJ_READ, process, reply, rid, tid, overlapped)
     irp.io_charge = IRP_CHARGE + length
     irp.user_event_obj = ev
@@ -600,19 +608,13 @@ def write_file(process, handle: int, data, offset: int, buf_addr: int, event: in
         ok, ev = _user_event(process, event, reply)
         if not ok:
             return
-    if fo.PrivateCacheMap is not None and fo.synchronous:
-        dev = fo.DeviceObject.top_of_stack()
-        fast = dev.DriverObject.FastIoDispatch
-        if fast is not None and fast.FastIoWrite is not None:
-            iosb = _fast_io(fast.FastIoWrite, fo, dev, offset, len(buf), buf, _FAST_WRITE_TAKEN)
-            if iosb is not None:
-                status = iosb.Status & 0xFFFFFFFF
-                info = iosb.Information if status < 0xC0000000 else 0
-                if ev is None:
-                    reply.complete(None, status, info, b"")
-                else:
-                    _answer(reply, None, ev, status, info, b"")
-                return
+    fast = _fast_routine(fo, "FastIoWrite")
+    if fast is not None:
+        iosb = _fast_io(fast[0], fo, fast[1], offset, len(buf), buf, _FAST_WRITE_TAKEN)
+        if iosb is not None:
+            status = iosb.Status & 0xFFFFFFFF
+            _answer(reply, None, ev, status, iosb.Information if status < 0xC0000000 else 0, b"")
+            return
     irp = _new_irp(fo, IRP_MJ_WRITE, process, reply, rid, tid, overlapped)
     irp.io_charge = IRP_CHARGE + len(buf)
     irp.user_event_obj = ev
