@@ -81,10 +81,14 @@ class _Req(iofile.Reply):
     def complete(self, irp, status, information, data):
         conn = self.conn
         head = wire.reply_head(self.rid, status, information, len(data))
-        with conn.send_lock:
+        lock = conn.send_lock
+        lock.acquire()
+        try:
             if irp is not None:
                 irp.reply_sent = True
             conn._send_locked(head, body=data)
+        finally:
+            lock.release()
 
     def pending(self, irp):
         if not irp.overlapped:

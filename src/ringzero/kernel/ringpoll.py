@@ -258,6 +258,7 @@ class Poller:
         return True
 
     def _service(self, ch: Channel) -> None:
+        token = self.token        # a dispatch that blocks hands the role on: a new token (_start)
         conn = ch.conn
         proc = conn.process
         current.process = proc
@@ -298,7 +299,7 @@ class Poller:
                     req.advance()
                     conn.serve(wire.decode_ring_frame(data, _KERNEL, max_payload))
                 current.process = proc     # whatever a driver left attached
-                if self.token is not current.poller_token:
+                if self.token is not token:
                     return
         except wire.ProtocolError as e:
             system.get().counters["protocol_errors"] += 1

@@ -504,8 +504,10 @@ def _fast_io(routine, fo: FILE_OBJECT, dev: DEVICE_OBJECT, offset: int, length: 
     iosb = IO_STATUS_BLOCK()
     driver = dev.DriverObject
     ctx = current
-    saved = ctx.driver, ctx.irql
-    ctx.driver, ctx.irql = driver, PASSIVE_LEVEL
+    saved_driver, irql = ctx.driver, ctx.irql
+    ctx.driver = driver
+    if irql != PASSIVE_LEVEL:
+        ctx.irql = PASSIVE_LEVEL
     ob.reference(fo)
     try:
         done = routine(fo, fo.CurrentByteOffset if offset < 0 else offset, length, True, 0, buf, iosb, dev)
@@ -514,7 +516,7 @@ def _fast_io(routine, fo: FILE_OBJECT, dev: DEVICE_OBJECT, offset: int, length: 
         iosb.Information = 0
         return iosb
     finally:
-        ctx.driver, ctx.irql = saved
+        ctx.driver, ctx.irql = saved_driver, irql
         ob.dereference(fo)
     if done not in (True, False):      # (1 and 0 are TRUE and FALSE)
         verifier.violation("DRIVER_RETURNED_NON_BOOLEAN", f"{getattr(routine, '__name__', routine)} returned {done!r}",

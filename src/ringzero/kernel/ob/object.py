@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 
 _lock = threading.Lock()
+_acquire, _release = _lock.acquire, _lock.release   # (cheaper than `with` on every request's path)
 
 
 class ObjectHeader:
@@ -43,10 +44,13 @@ class ObjectHeader:
 
 
 def reference(obj: ObjectHeader) -> ObjectHeader:
-    with _lock:
+    _acquire()
+    try:
         if obj._deleted:
             raise RuntimeError(f"reference to deleted {obj.type_name} object")
         obj.pointer_count += 1
+    finally:
+        _release()
     return obj
 
 
@@ -56,13 +60,16 @@ class ReferenceCountError(RuntimeError):
 
 
 def dereference(obj: ObjectHeader) -> None:
-    with _lock:
+    _acquire()
+    try:
         if obj.pointer_count <= 0:
             raise ReferenceCountError(f"ObDereferenceObject on {obj.type_name} {obj.object_name() or hex(id(obj))} with no reference left")
         obj.pointer_count -= 1
         if obj.pointer_count or obj._deleted:
             return
         obj._deleted = True
+    finally:
+        _release()
     obj.on_delete()
 
 
