@@ -220,12 +220,16 @@ class Connection:
         data = wire.HEADER.pack(len(payload) + len(body), kind, flags, 0, _thread_id(), rid) + payload
         ring = self.req_ring
         if ring is not None:
-            with self._send_lock:
+            lock = self._send_lock
+            lock.acquire()
+            try:
                 if ring.put(data, body):
                     rings.fence()
                     if not ring.flag():       # the kernel is not polling our ring: ring its doorbell
                         os.eventfd_write(self._req_efd, 1)
                     return rid, slot
+            finally:
+                lock.release()
         self._send(data + body if body else data)
         return rid, slot
 
@@ -251,7 +255,7 @@ class Connection:
         while not (slot.done or (until_pending and slot.pending)):
             if deadline is not None and time.monotonic() >= deadline:
                 return False
-            if self._recv_lock.acquire(blocking=False):
+            if self._recv_lock.acquire(False):
                 try:
                     if slot.done or (until_pending and slot.pending):
                         break
