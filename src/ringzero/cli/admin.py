@@ -61,7 +61,9 @@ def _letters(access: int, type_name: str) -> str:
 @json_option
 def handles(pid, as_json) -> None:
     """Open handles of each program, like handle.exe: value, type, granted
-    access and name.  Other users' programs are shown to administrators only."""
+    access and name, and for a synchronous file handle whether a request is in
+    progress on it ("busy") and how many more wait for it.  Other users'
+    programs are shown to administrators only."""
     procs = kernel_call("handles.list", pid=pid)
     if as_json:
         print_json(procs)
@@ -73,8 +75,11 @@ def handles(pid, as_json) -> None:
         click.echo(f"{p['image'] or '?'} pid: {p['pid']} uid: {p['uid']}"
                    + (f"  ({p['pending_irps']} IRPs pending)" if p.get("pending_irps") else ""))
         for h in p["handles"]:
+            busy = ""
+            if h.get("busy"):
+                busy = "  [busy" + (f", {h['waiters']} waiting]" if h.get("waiters") else "]")
             click.echo(f"{h['handle']:>6X}: {h['type']:<12} {h['access']:#010x} {_letters(h['access'], h['type']):<5} "
-                       f"{h['name'] or ''}".rstrip())
+                       f"{h['name'] or ''}".rstrip() + busy)
     click.echo("-" * 78)
     click.echo(f"{sum(len(p['handles']) for p in procs)} handle(s) in {len(procs)} program(s)")
 

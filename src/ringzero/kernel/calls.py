@@ -80,9 +80,13 @@ def _handles(conn, args, rid):
         for h, e in proc.handles.items():
             o = e.obj
             name = o.object_name()
+            row = {"handle": h, "type": o.type_name, "name": name, "access": e.access}
             if isinstance(o, FILE_OBJECT):
-                name = (o.DeviceObject.object_name() or "(unnamed device)") + str(o.FileName or "")
-            rows.append({"handle": h, "type": o.type_name, "name": name, "access": e.access})
+                row["name"] = (o.DeviceObject.object_name() or "(unnamed device)") + str(o.FileName or "")
+                if o.synchronous:
+                    # a request in progress holds the file object's lock; others wait for it (file.py)
+                    row["busy"], row["waiters"] = o.Busy.locked(), o.Waiters
+            rows.append(row)
         out.append({"pid": proc.pid, "uid": proc.uid, "image": proc.image, "handles": rows,
                     "pending_irps": len(proc.pending), "views": len(proc.views)})
     return out

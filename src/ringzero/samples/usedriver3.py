@@ -34,6 +34,10 @@ def _follow(h, name: str) -> None:
     win32file.DeviceIoControl(h, IOCTL_EXAMPLE_SET_BLOCKING, struct.pack("<I", EXAMPLE_BLOCKING_READS), 0)
     failure: list = []
     stop = threading.Event()
+    # the reader's own word that it is done: a Thread.join() that Ctrl-C
+    # interrupts can leave is_alive() False while the thread still runs, and
+    # closing the handle then would wait for its read (the file object's lock)
+    finished = threading.Event()
 
     def reader() -> None:
         try:
@@ -42,16 +46,18 @@ def _follow(h, name: str) -> None:
         except pywintypes.error as e:
             if e.winerror != ERROR_OPERATION_ABORTED:
                 failure.append(e)
+        finally:
+            finished.set()
 
     t = threading.Thread(target=reader, name="usedriver3-reader", daemon=True)
     t.start()
     click.echo(f"{PROG}: printing what arrives on {pipe_path(name)}; Ctrl-C stops.", err=True)
     try:
-        while t.is_alive():
-            t.join(0.5)
+        while not finished.wait(0.5):
+            pass
     except KeyboardInterrupt:
         stop.set()
-        while t.is_alive():
+        while not finished.is_set():
             # the reader may be between two reads: then there is nothing to
             # cancel yet (ERROR_NOT_FOUND), and the next try finds its read
             try:
@@ -59,7 +65,7 @@ def _follow(h, name: str) -> None:
             except pywintypes.error as e:
                 if e.winerror != ERROR_NOT_FOUND:
                     raise
-            t.join(0.05)
+            finished.wait(0.05)
     if failure:
         raise failure[0]
 

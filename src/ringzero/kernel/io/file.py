@@ -9,6 +9,8 @@ object, and the program's reply.
 
 from __future__ import annotations
 
+import threading
+
 from ringzero.kernel import dbg, system, verifier
 from ringzero.kernel.context import PASSIVE_LEVEL, calling_driver, current
 from ringzero.kernel.io.irp import IoCallDriver, IoCancelIrp, IoCompleteRequest
@@ -117,6 +119,8 @@ def _send(irp: IRP) -> None:
             if irp.user_event_obj is not None:
                 ob.dereference(irp.user_event_obj)
             irp.io_reply.complete(None, st.STATUS_QUOTA_EXCEEDED, 0, b"")
+            if irp.file_locked:
+                _unlock_file(fo)
             return
     ob.reference(fo)  # the IRP's reference, dropped in _complete
     try:
@@ -205,6 +209,8 @@ def _complete(irp: IRP) -> None:
     try:
         _answer(irp.io_reply, irp, irp.user_event_obj, status, info, data)
     finally:
+        if irp.file_locked:
+            _unlock_file(fo)
         if kind != _KIND_CLOSE:  # the object is already on its way out
             ob.dereference(fo)
 
@@ -312,15 +318,23 @@ def _disposition(win32: int) -> int:
 
 
 def _file_last_handle(fo: FILE_OBJECT, process) -> None:
-    """IRP_MJ_CLEANUP, in the context of the process closing the last handle."""
+    """IRP_MJ_CLEANUP, in the context of the process closing the last handle:
+    for a synchronous file object once the request in progress on it is done
+    (its lock), except in a program's rundown, which has cancelled what it could
+    and may not wait for a request that never completes."""
     if not fo.opened or fo.cleaned_up:
         return
     fo.cleaned_up = True
-    w = Waiter()
-    irp = _new_irp(fo, IRP_MJ_CLEANUP, process, w)
-    irp.io_kind = _KIND_INTERNAL
-    _send(irp)
-    w.wait()
+    locked = fo.synchronous and not (process is not None and process.exiting) and _lock_file(fo) == st.STATUS_SUCCESS
+    try:
+        w = Waiter()
+        irp = _new_irp(fo, IRP_MJ_CLEANUP, process, w)
+        irp.io_kind = _KIND_INTERNAL
+        _send(irp)
+        w.wait()
+    finally:
+        if locked:
+            _unlock_file(fo)
 
 
 def _file_delete(fo: FILE_OBJECT) -> None:
@@ -388,6 +402,70 @@ def reference_handle(process, handle: int, type_name: str | None, desired: int =
     return ob.reference(e.obj), e.access
 
 
+# -- the file object lock (IopLockFileObject) ---------------------------------------
+#
+# NT serialises what reaches the driver through a file object opened for
+# synchronous I/O: NtReadFile, NtWriteFile and NtDeviceIoControlFile take the
+# file object's lock before the driver sees anything (fast I/O included) and
+# hold it until the request is done, and the close of its last handle takes it
+# before IRP_MJ_CLEANUP.  So on one synchronous handle a second thread's request
+# waits for the first: a ReadFile pending in one thread holds off a WriteFile,
+# a DeviceIoControl or the CloseHandle of another until it completes (or
+# CancelIoEx ends it).  A request that finds the lock busy waits in a kernel
+# wait, as the NT thread does; the thread's other duties move on meanwhile (the
+# ring poller's, a connection reader's), and the program's rundown ends the wait.
+
+_waiters_lock = threading.Lock()
+
+
+def _lock_file(fo: FILE_OBJECT) -> int:
+    """IopLockFileObject: STATUS_SUCCESS once the caller holds `fo`'s lock, or
+    the status its wait ended with (STATUS_ALERTED: the program is going away)."""
+    if fo.Busy.acquire(False):
+        return st.STATUS_SUCCESS
+    with _waiters_lock:
+        fo.Waiters += 1        # before the second look, so the holder's unlock sees it (or this look the unlock)
+    try:
+        while not fo.Busy.acquire(False):
+            status = ke.KeWaitForSingleObject(fo.Lock)
+            if status != st.STATUS_WAIT_0:
+                return status
+        return st.STATUS_SUCCESS
+    finally:
+        with _waiters_lock:
+            fo.Waiters -= 1
+
+
+def _unlock_file(fo: FILE_OBJECT) -> None:
+    """IopUnlockFileObject: let the lock go and wake a waiter, if there is one."""
+    fo.Busy.release()
+    if fo.Waiters:
+        ke.KeSetEvent(fo.Lock)
+
+
+def _begin(process, fo: FILE_OBJECT, event: int, reply: Reply):
+    """What NtReadFile, NtWriteFile and NtDeviceIoControlFile do before the
+    request proper: reference (and reset) the OVERLAPPED event, then take a
+    synchronous file object's lock.  (True, the event or None, whether the lock
+    was taken); (False, None, False) when the request was answered here."""
+    ev = None
+    if event:
+        ok, ev = _user_event(process, event, reply)
+        if not ok:
+            return False, None, False
+    if not fo.synchronous:
+        return True, ev, False
+    if fo.Busy.acquire(False):
+        return True, ev, True
+    status = _lock_file(fo)
+    if status == st.STATUS_SUCCESS:
+        return True, ev, True
+    if ev is not None:
+        ob.dereference(ev)
+    reply.complete(None, status, 0, b"")
+    return False, None, False
+
+
 # -- read, write, device control ------------------------------------------------------
 
 def _file_entry(process, handle: int, need: int, reply: Reply):
@@ -435,46 +513,51 @@ def device_io_control(process, handle: int, code: int, in_data, out_length: int,
     if out_length > MAX_SYSTEM_BUFFER and code & 3 != ioc.METHOD_NEITHER:
         reply.complete(None, st.STATUS_INSUFFICIENT_RESOURCES, 0, b"")
         return
-    ev = None
-    if event:
-        ok, ev = _user_event(process, event, reply)
-        if not ok:
-            return
-    irp = _new_irp(fo, IRP_MJ_DEVICE_CONTROL, process, reply, rid, tid, overlapped)
-    irp.user_event_obj = ev
-    in_length = len(in_data) if in_addr == 0 or in_data else 0
-    method = code & 3
-    irp.io_charge = IRP_CHARGE + (0 if method == ioc.METHOD_NEITHER else max(in_length, out_length)
-                                  if method == ioc.METHOD_BUFFERED else in_length + out_length)
-    p = irp.Stack[0].Parameters
-    p.IoControlCode = code
-    p.OutputBufferLength = out_length
-    irp.out_length = out_length
-    if method == ioc.METHOD_NEITHER:
-        irp.io_kind = _KIND_NEITHER
-        pid = process.pid
-        p.InputBufferLength = len(in_data) if in_data is not None else 0
-        p.Type3InputBuffer = UserAddress(in_addr, pid, p.InputBufferLength) if in_addr else None
-        irp.UserBuffer = UserAddress(out_addr, pid, out_length) if out_addr else None
-    elif method == ioc.METHOD_BUFFERED:
-        irp.io_kind = _KIND_BUFFERED
-        p.InputBufferLength = in_length
-        size = max(in_length, out_length)
-        if size:
-            buf = bytearray(size)
-            buf[:in_length] = in_data
-            irp.AssociatedIrp.SystemBuffer = buf
-    else:
-        irp.io_kind = _KIND_DIRECT
-        p.InputBufferLength = in_length
-        if in_length:
-            irp.AssociatedIrp.SystemBuffer = bytearray(in_data)
-        if out_length:
-            out = bytearray(out_length)
-            if method == ioc.METHOD_IN_DIRECT and out_data:
-                out[:len(out_data)] = out_data
-            irp.MdlAddress = mdl_for_buffer(out)
-    _send(irp)
+    ok, ev, locked = _begin(process, fo, event, reply)
+    if not ok:
+        return
+    sent = False
+    try:
+        irp = _new_irp(fo, IRP_MJ_DEVICE_CONTROL, process, reply, rid, tid, overlapped)
+        irp.file_locked = locked
+        irp.user_event_obj = ev
+        in_length = len(in_data) if in_addr == 0 or in_data else 0
+        method = code & 3
+        irp.io_charge = IRP_CHARGE + (0 if method == ioc.METHOD_NEITHER else max(in_length, out_length)
+                                      if method == ioc.METHOD_BUFFERED else in_length + out_length)
+        p = irp.Stack[0].Parameters
+        p.IoControlCode = code
+        p.OutputBufferLength = out_length
+        irp.out_length = out_length
+        if method == ioc.METHOD_NEITHER:
+            irp.io_kind = _KIND_NEITHER
+            pid = process.pid
+            p.InputBufferLength = len(in_data) if in_data is not None else 0
+            p.Type3InputBuffer = UserAddress(in_addr, pid, p.InputBufferLength) if in_addr else None
+            irp.UserBuffer = UserAddress(out_addr, pid, out_length) if out_addr else None
+        elif method == ioc.METHOD_BUFFERED:
+            irp.io_kind = _KIND_BUFFERED
+            p.InputBufferLength = in_length
+            size = max(in_length, out_length)
+            if size:
+                buf = bytearray(size)
+                buf[:in_length] = in_data
+                irp.AssociatedIrp.SystemBuffer = buf
+        else:
+            irp.io_kind = _KIND_DIRECT
+            p.InputBufferLength = in_length
+            if in_length:
+                irp.AssociatedIrp.SystemBuffer = bytearray(in_data)
+            if out_length:
+                out = bytearray(out_length)
+                if method == ioc.METHOD_IN_DIRECT and out_data:
+                    out[:len(out_data)] = out_data
+                irp.MdlAddress = mdl_for_buffer(out)
+        sent = True
+        _send(irp)
+    finally:
+        if locked and not sent:      # (an IRP's holds the lock until its completion)
+            _unlock_file(fo)
 
 
 # -- fast I/O (objects.FAST_IO_DISPATCH) -----------------------------------------
@@ -539,45 +622,50 @@ def read_file(process, handle: int, length: int, offset: int, buf_addr: int, eve
     if length > MAX_SYSTEM_BUFFER:
         reply.complete(None, st.STATUS_INSUFFICIENT_RESOURCES, 0, b"")
         return
-    ev = None
-    if event:
-        ok, ev = _user_event(process, event, reply)
-        if not ok:
-            return
-    fast = _fast_routine(fo, "FastIoRead")
-    if fast is not None:
-        routine, dev = fast
-        buf = bytearray(length)
-        iosb = _fast_io(routine, fo, dev, offset, length, buf, _FAST_READ_TAKEN)
-        if iosb is not None:
-            status, info = iosb.Status & 0xFFFFFFFF, iosb.Information
-            if info > length:
-                verifier.violation(verifier.INFORMATION_TOO_LARGE, f"Information {info} > buffer {length}",
-                                   driver=dev.DriverObject, raise_it=False)
-                info = length
-            data = b""
-            if status >= 0xC0000000:
-                info = 0
-            elif user_buffer and buf_addr:
-                try:
-                    write_from(process.pid, buf_addr, memoryview(buf)[:info])
-                except AccessViolation:
-                    status, info = st.STATUS_ACCESS_VIOLATION, 0
-            else:
-                data = memoryview(buf)[:info]
-            _answer(reply, None, ev, status, info, data)
-            return
-    irp = _new_irp(fo, IRP_MJ_READ, process, reply, rid, tid, overlapped)
-    irp.io_charge = IRP_CHARGE + length
-    irp.user_event_obj = ev
-    p = irp.Stack[0].Parameters
-    p.Length = length
-    p.ByteOffset = fo.CurrentByteOffset if offset < 0 else offset
-    irp.out_length = length
-    _attach_buffer(irp, bytearray(length), buf_addr, process)
-    if user_buffer and buf_addr and irp.io_kind != _KIND_NEITHER:
-        irp.copy_back = UserAddress(buf_addr, process.pid, length)
-    _send(irp)
+    ok, ev, locked = _begin(process, fo, event, reply)
+    if not ok:
+        return
+    sent = False
+    try:
+        fast = _fast_routine(fo, "FastIoRead")
+        if fast is not None:
+            routine, dev = fast
+            buf = bytearray(length)
+            iosb = _fast_io(routine, fo, dev, offset, length, buf, _FAST_READ_TAKEN)
+            if iosb is not None:
+                status, info = iosb.Status & 0xFFFFFFFF, iosb.Information
+                if info > length:
+                    verifier.violation(verifier.INFORMATION_TOO_LARGE, f"Information {info} > buffer {length}",
+                                       driver=dev.DriverObject, raise_it=False)
+                    info = length
+                data = b""
+                if status >= 0xC0000000:
+                    info = 0
+                elif user_buffer and buf_addr:
+                    try:
+                        write_from(process.pid, buf_addr, memoryview(buf)[:info])
+                    except AccessViolation:
+                        status, info = st.STATUS_ACCESS_VIOLATION, 0
+                else:
+                    data = memoryview(buf)[:info]
+                _answer(reply, None, ev, status, info, data)
+                return
+        irp = _new_irp(fo, IRP_MJ_READ, process, reply, rid, tid, overlapped)
+        irp.file_locked = locked
+        irp.io_charge = IRP_CHARGE + length
+        irp.user_event_obj = ev
+        p = irp.Stack[0].Parameters
+        p.Length = length
+        p.ByteOffset = fo.CurrentByteOffset if offset < 0 else offset
+        irp.out_length = length
+        _attach_buffer(irp, bytearray(length), buf_addr, process)
+        if user_buffer and buf_addr and irp.io_kind != _KIND_NEITHER:
+            irp.copy_back = UserAddress(buf_addr, process.pid, length)
+        sent = True
+        _send(irp)
+    finally:
+        if locked and not sent:      # (an IRP's holds the lock until its completion)
+            _unlock_file(fo)
 
 
 def write_file(process, handle: int, data, offset: int, buf_addr: int, event: int, reply: Reply,
@@ -605,27 +693,32 @@ def write_file(process, handle: int, data, offset: int, buf_addr: int, event: in
                 return
     else:
         buf = data if captured else bytearray(data)
-    ev = None
-    if event:
-        ok, ev = _user_event(process, event, reply)
-        if not ok:
-            return
-    fast = _fast_routine(fo, "FastIoWrite")
-    if fast is not None:
-        iosb = _fast_io(fast[0], fo, fast[1], offset, len(buf), buf, _FAST_WRITE_TAKEN)
-        if iosb is not None:
-            status = iosb.Status & 0xFFFFFFFF
-            _answer(reply, None, ev, status, iosb.Information if status < 0xC0000000 else 0, b"")
-            return
-    irp = _new_irp(fo, IRP_MJ_WRITE, process, reply, rid, tid, overlapped)
-    irp.io_charge = IRP_CHARGE + len(buf)
-    irp.user_event_obj = ev
-    p = irp.Stack[0].Parameters
-    p.Length = len(buf)
-    p.ByteOffset = fo.CurrentByteOffset if offset < 0 else offset
-    _attach_buffer(irp, buf, buf_addr, process)
-    irp.io_kind = _KIND_INTERNAL  # a write copies nothing back
-    _send(irp)
+    ok, ev, locked = _begin(process, fo, event, reply)
+    if not ok:
+        return
+    sent = False
+    try:
+        fast = _fast_routine(fo, "FastIoWrite")
+        if fast is not None:
+            iosb = _fast_io(fast[0], fo, fast[1], offset, len(buf), buf, _FAST_WRITE_TAKEN)
+            if iosb is not None:
+                status = iosb.Status & 0xFFFFFFFF
+                _answer(reply, None, ev, status, iosb.Information if status < 0xC0000000 else 0, b"")
+                return
+        irp = _new_irp(fo, IRP_MJ_WRITE, process, reply, rid, tid, overlapped)
+        irp.file_locked = locked
+        irp.io_charge = IRP_CHARGE + len(buf)
+        irp.user_event_obj = ev
+        p = irp.Stack[0].Parameters
+        p.Length = len(buf)
+        p.ByteOffset = fo.CurrentByteOffset if offset < 0 else offset
+        _attach_buffer(irp, buf, buf_addr, process)
+        irp.io_kind = _KIND_INTERNAL  # a write copies nothing back
+        sent = True
+        _send(irp)
+    finally:
+        if locked and not sent:      # (an IRP's holds the lock until its completion)
+            _unlock_file(fo)
 
 
 def _attach_buffer(irp: IRP, buf: bytearray, addr: int, process) -> None:

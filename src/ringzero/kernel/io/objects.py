@@ -8,7 +8,7 @@ from __future__ import annotations
 import threading
 
 from ringzero.kernel import dbg, verifier
-from ringzero.kernel.ke.dispatcher import KEVENT, NotificationEvent
+from ringzero.kernel.ke.dispatcher import KEVENT, NotificationEvent, SynchronizationEvent
 from ringzero.kernel.ob.object import ObjectHeader
 from ringzero.nt import irp as irpc
 
@@ -148,7 +148,10 @@ class DEVICE_OBJECT(ObjectHeader):
 
 class FILE_OBJECT(ObjectHeader):
     """Invariant: every handle and every outstanding IRP holds a reference; the
-    last handle's close sends IRP_MJ_CLEANUP, the last reference IRP_MJ_CLOSE."""
+    last handle's close sends IRP_MJ_CLEANUP, the last reference IRP_MJ_CLOSE.
+    For a file object opened for synchronous I/O, `Busy` is held by the one
+    request (or close) in progress on it, and `Waiters` threads wait on `Lock`
+    for it (file.py, IopLockFileObject)."""
 
     type_name = "File"
 
@@ -166,6 +169,9 @@ class FILE_OBJECT(ObjectHeader):
         self.FinalStatus = 0
         self.Event = KEVENT(NotificationEvent, False)
         self.synchronous = True
+        self.Busy = threading.Lock()  # NT's Busy flag, taken and let go with one atomic step each
+        self.Waiters = 0
+        self.Lock = KEVENT(SynchronizationEvent, False)
         self.opened = False       # IRP_MJ_CREATE succeeded
         self.cleaned_up = False
         self.closed = False
@@ -288,7 +294,7 @@ class IRP:
                  "UserBuffer", "RequestorMode", "PendingReturned", "Cancel", "CancelIrql", "CancelRoutine",
                  "Flags", "Tail", "UserEvent", "completed", "process", "file", "rid", "tid", "overlapped",
                  "on_complete", "reply_sent", "major", "user_event_obj", "out_length", "driver", "copy_back",
-                 "io_kind", "io_reply", "io_device", "io_charge", "__weakref__")
+                 "io_kind", "io_reply", "io_device", "io_charge", "file_locked", "__weakref__")
 
     def __init__(self, StackSize: int):
         self.Type = 6
@@ -324,4 +330,5 @@ class IRP:
         self.io_reply = None        # the I/O manager's: where the answer goes (a file.Reply)
         self.io_device = None       # the I/O manager's: the top of the stack it was built for and sent to
         self.io_charge = 0          # the I/O manager's: bytes charged to the process's quota while it is outstanding
+        self.file_locked = False    # the I/O manager's: the request holds its synchronous file object's lock
 
