@@ -236,7 +236,7 @@ class Connection:
     def request(self, kind: int, payload: bytes, flags: int = 0, sink=None, body=b"",
                 keep=None) -> tuple[int, int, bytes]:
         """Send one request and wait for its final reply: (status, information, data)."""
-        rid, slot = self.start(kind, payload, flags, sink=sink, body=body, keep=keep)
+        rid, slot = self.start(kind, payload, flags, sink, None, body, keep)
         self.wait(slot)
         return slot.status, slot.info, slot.data
 
@@ -262,7 +262,8 @@ class Connection:
                     self._pump(None if deadline is None else max(0.0, deadline - time.monotonic()))
                 finally:
                     self._recv_lock.release()
-                    self._announce()
+                    if self._sleepers:
+                        self._announce()
             else:
                 with self._cv:
                     self._sleepers += 1
@@ -357,6 +358,8 @@ class Connection:
                         self._deliver_reply(rid, status, info, view, _REPLY_FIXED)
                     finally:
                         ring.advance()
+                    if not ring.pending():
+                        return True
                     continue
                 # delivered where it lies: _deliver copies what it keeps
                 f = wire.decode_ring_frame(view, _PROGRAM)
@@ -420,7 +423,8 @@ class Connection:
             else:
                 slot.data = bytes(frame[data_off:])
         slot.done = True
-        self._announce()
+        if self._sleepers:
+            self._announce()
 
     def _deliver(self, f: wire.Frame) -> None:
         kind = f.kind
