@@ -33,6 +33,7 @@ class Kernel:
         self.max_pending = max_pending
         self.host: KernelHost | None = None
         self.system = None
+        self.thread_watch = None
 
     def start(self, loads: list[str] = ()) -> None:
         dbg.echo = self.verbose
@@ -44,6 +45,7 @@ class Kernel:
             service = os.path.splitext(os.path.basename(image))[0] if image.endswith(".py") else image.rsplit(".", 1)[-1]
             _calls.load_driver(service, image)
         self.host.start_background()
+        self.thread_watch = iofile.ThreadWatch(self.system.system_process, self.system.processes).start()
 
     def _boot_services(self) -> None:
         try:
@@ -53,6 +55,8 @@ class Kernel:
         scm.boot(self.system, self.state_dir)
 
     def stop(self) -> None:
+        if self.thread_watch is not None:
+            self.thread_watch.stop()
         if self.host is not None:
             self.host.stop()
         for drv in list(self.system.drivers.values()) if self.system else []:

@@ -6,7 +6,6 @@ the Example driver, whose blocking reads pend until a writer supplies data."""
 
 import os
 import signal
-import struct
 import subprocess
 import sys
 import textwrap
@@ -14,32 +13,18 @@ import threading
 
 import pytest
 
+import examplepipe
 from conftest import wait_until
-from ringzero.drivers.example_ioctl import (EXAMPLE_BLOCKING_READS, EXAMPLE_QUERY_INFORMATION, IOCTL_EXAMPLE_QUERY,
-                                            IOCTL_EXAMPLE_SET_BLOCKING)
+from examplepipe import query, set_blocking
 from ringzero.win32 import pywintypes, win32event, win32file, winerror
 
 NAME = "\\\\.\\Example\\Lock"
+pipe = examplepipe.opener(NAME)
 
 
 @pytest.fixture
 def ex(kernel):
-    kernel.load("ringzero.drivers.example", "Example")
-    return kernel
-
-
-def pipe(flags: int = 0):
-    return win32file.CreateFile(NAME, win32file.GENERIC_READ | win32file.GENERIC_WRITE, 0, None,
-                                win32file.OPEN_EXISTING, flags, None)
-
-
-def set_blocking(h) -> None:
-    win32file.DeviceIoControl(h, IOCTL_EXAMPLE_SET_BLOCKING, struct.pack("<I", EXAMPLE_BLOCKING_READS), 0)
-
-
-def query(h) -> EXAMPLE_QUERY_INFORMATION:
-    out = win32file.DeviceIoControl(h, IOCTL_EXAMPLE_QUERY, None, 64)
-    return EXAMPLE_QUERY_INFORMATION.from_buffer_copy(out)
+    return examplepipe.load(kernel)
 
 
 def handle_row(k, h, pid=None) -> dict | None:

@@ -9,6 +9,7 @@ object, and the program's reply.
 
 from __future__ import annotations
 
+import os
 import threading
 
 from ringzero.kernel import dbg, system, verifier
@@ -759,3 +760,82 @@ def cancel_all(process) -> int:
         IoCancelIrp(irp)
     return len(targets)
 
+
+# -- a thread's exit (IoCancelThreadIo) ------------------------------------------------
+#
+# NT cancels the IRPs a thread has outstanding when the thread exits, so an
+# overlapped read issued by a thread that then ends completes with
+# STATUS_CANCELLED (ERROR_OPERATION_ABORTED) instead of later with data.  Linux
+# tells nobody when a thread of another process ends, so while a program has
+# IRPs outstanding a system thread looks every THREAD_CHECK_SECONDS whether each
+# thread that issued one still exists (/proc/PID/task/TID), and cancels the
+# IRPs of those that do not.  (A whole program's exit is its rundown, at once.)
+
+THREAD_CHECK_SECONDS = 0.2
+
+
+def cancel_exited_threads(processes) -> int:
+    """IoCancelThreadIo for every thread of `processes` that has exited with
+    IRPs outstanding; how many IRPs were cancelled."""
+    cancelled = 0
+    for proc in processes:
+        if not proc.pending or proc.exiting or proc.is_system:
+            continue
+        with proc.lock:
+            by_thread: dict[int, list] = {}
+            for irp in proc.pending:
+                if irp.tid:
+                    by_thread.setdefault(irp.tid, []).append(irp)
+        if not by_thread or not os.path.isdir(f"/proc/{proc.pid}/task"):
+            continue      # (a process that is gone is its rundown's)
+        if proc.tids_here is None:
+            proc.tids_here = _same_pid_namespace(proc.pid)
+        if not proc.tids_here:
+            continue      # its thread ids are another namespace's: nothing to look up
+        for tid, irps in by_thread.items():
+            if os.path.exists(f"/proc/{proc.pid}/task/{tid}"):
+                continue
+            for irp in irps:
+                IoCancelIrp(irp)
+            cancelled += len(irps)
+    return cancelled
+
+
+def _same_pid_namespace(pid: int) -> bool:
+    """Whether process `pid` sees the thread ids we do: its NSpid line lists one
+    id when it lives in our pid namespace, one per namespace level otherwise."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("NSpid:"):
+                    return len(line.split()) == 2
+    except OSError:
+        return False
+    return True       # (a Linux without NSpid has no nested pid namespaces to tell of)
+
+
+class ThreadWatch:
+    """The system thread that runs cancel_exited_threads, at PASSIVE_LEVEL in the
+    system process, as NT's exiting thread does (cancel routines may wait)."""
+
+    def __init__(self, system_process, processes):
+        self.system_process = system_process
+        self.processes = processes        # the live table: pid -> EPROCESS
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="ringzero-threadwatch", daemon=True)
+
+    def start(self) -> "ThreadWatch":
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.thread.join(timeout=5)
+
+    def _run(self) -> None:
+        current.process = self.system_process
+        while not self.stopped.wait(THREAD_CHECK_SECONDS):
+            try:
+                cancel_exited_threads(list(self.processes.values()))
+            except Exception as e:  # a bug of ours must not end the watch
+                dbg.fault("thread watch", e)

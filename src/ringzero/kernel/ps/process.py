@@ -33,6 +33,7 @@ class EPROCESS(ObjectHeader):
         self.lock = threading.Lock()
         self.exiting = False
         self.connection = None     # the host connection (None for the system process)
+        self.tids_here = None      # whether its requests' thread ids name tasks in our pid namespace (file.py)
         self.counters = {"requests": 0}
 
     @property
