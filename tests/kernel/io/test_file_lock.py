@@ -178,3 +178,20 @@ def test_a_program_killed_while_its_request_waits_for_the_lock_leaves_nothing_be
     assert query(feeder).BytesQueued == 2
     bad = [r for r in ex.call("dbg.recent", count=4096) if r["level"] in ("fault", "leak")]
     assert not bad, bad
+
+
+def test_one_program_may_have_only_so_many_requests_waiting_for_locks(ex):
+    from ringzero.kernel.io.file import MAX_LOCK_WAITS
+    h, feeder = pipe(), pipe()
+    set_blocking(h)
+    reader = pending_read(h, feeder)
+    writers = [Call(win32file.WriteFile, h, b"w") for _ in range(MAX_LOCK_WAITS)]
+    assert wait_until(lambda: handle_row(ex, h)["waiters"] == MAX_LOCK_WAITS, timeout=60)
+    # one more would cost the kernel one more thread: refused, and the others wait on
+    with pytest.raises(pywintypes.error) as e:
+        win32file.WriteFile(h, b"one too many")
+    assert e.value.winerror == winerror.ERROR_NO_SYSTEM_RESOURCES
+    win32file.WriteFile(feeder, b"go")
+    assert reader.result() == (0, b"go")
+    assert [w.result(60) for w in writers] == [(0, 1)] * MAX_LOCK_WAITS
+    assert query(feeder).BytesQueued == MAX_LOCK_WAITS

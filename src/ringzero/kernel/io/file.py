@@ -326,7 +326,7 @@ def _file_last_handle(fo: FILE_OBJECT, process) -> None:
     if not fo.opened or fo.cleaned_up:
         return
     fo.cleaned_up = True
-    locked = fo.synchronous and not (process is not None and process.exiting) and _lock_file(fo) == st.STATUS_SUCCESS
+    locked = fo.synchronous and not (process is not None and process.exiting) and _lock_file(fo, process) == st.STATUS_SUCCESS
     try:
         w = Waiter()
         irp = _new_irp(fo, IRP_MJ_CLEANUP, process, w)
@@ -416,15 +416,26 @@ def reference_handle(process, handle: int, type_name: str | None, desired: int =
 # wait, as the NT thread does; the thread's other duties move on meanwhile (the
 # ring poller's, a connection reader's), and the program's rundown ends the wait.
 
+# Each waiting request holds a kernel thread (NT's holds the program's own), so
+# one program may have this many waiting at once; past it a request fails with
+# STATUS_INSUFFICIENT_RESOURCES rather than let a program that sends request
+# after request on a handle it keeps busy make the kernel a thread for each.
+MAX_LOCK_WAITS = 64
+
 _waiters_lock = threading.Lock()
 
 
-def _lock_file(fo: FILE_OBJECT) -> int:
+def _lock_file(fo: FILE_OBJECT, process=None) -> int:
     """IopLockFileObject: STATUS_SUCCESS once the caller holds `fo`'s lock, or
-    the status its wait ended with (STATUS_ALERTED: the program is going away)."""
+    the status its wait ended with (STATUS_ALERTED: the program is going away),
+    or STATUS_INSUFFICIENT_RESOURCES if `process` has MAX_LOCK_WAITS waiting."""
     if fo.Busy.acquire(False):
         return st.STATUS_SUCCESS
     with _waiters_lock:
+        if process is not None:
+            if process.lock_waits >= MAX_LOCK_WAITS:
+                return st.STATUS_INSUFFICIENT_RESOURCES
+            process.lock_waits += 1
         fo.Waiters += 1        # before the second look, so the holder's unlock sees it (or this look the unlock)
     try:
         while not fo.Busy.acquire(False):
@@ -435,6 +446,8 @@ def _lock_file(fo: FILE_OBJECT) -> int:
     finally:
         with _waiters_lock:
             fo.Waiters -= 1
+            if process is not None:
+                process.lock_waits -= 1
 
 
 def _unlock_file(fo: FILE_OBJECT) -> None:
@@ -458,7 +471,7 @@ def _begin(process, fo: FILE_OBJECT, event: int, reply: Reply):
         return True, ev, False
     if fo.Busy.acquire(False):
         return True, ev, True
-    status = _lock_file(fo)
+    status = _lock_file(fo, process)
     if status == st.STATUS_SUCCESS:
         return True, ev, True
     if ev is not None:

@@ -34,6 +34,7 @@ class EPROCESS(ObjectHeader):
         self.exiting = False
         self.connection = None     # the host connection (None for the system process)
         self.tids_here = None      # whether its requests' thread ids name tasks in our pid namespace (file.py)
+        self.lock_waits = 0        # its requests waiting for a file object's lock (file.py)
         self.counters = {"requests": 0}
 
     @property
