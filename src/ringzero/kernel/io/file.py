@@ -641,29 +641,8 @@ def read_file(process, handle: int, length: int, offset: int, buf_addr: int, eve
         return
     sent = False
     try:
-        fast = _fast_routine(fo, "FastIoRead")
-        if fast is not None:
-            routine, dev = fast
-            buf = bytearray(length)
-            iosb = _fast_io(routine, fo, dev, offset, length, buf, _FAST_READ_TAKEN)
-            if iosb is not None:
-                status, info = iosb.Status & 0xFFFFFFFF, iosb.Information
-                if info > length:
-                    verifier.violation(verifier.INFORMATION_TOO_LARGE, f"Information {info} > buffer {length}",
-                                       driver=dev.DriverObject, raise_it=False)
-                    info = length
-                data = b""
-                if status >= 0xC0000000:
-                    info = 0
-                elif user_buffer and buf_addr:
-                    try:
-                        write_from(process.pid, buf_addr, memoryview(buf)[:info])
-                    except AccessViolation:
-                        status, info = st.STATUS_ACCESS_VIOLATION, 0
-                else:
-                    data = memoryview(buf)[:info]
-                _answer(reply, None, ev, status, info, data)
-                return
+        if _read_fast(process, fo, length, offset, buf_addr, user_buffer, ev, reply):
+            return
         irp = _new_irp(fo, IRP_MJ_READ, process, reply, rid, tid, overlapped)
         irp.file_locked = locked
         irp.io_charge = IRP_CHARGE + length
@@ -680,6 +659,37 @@ def read_file(process, handle: int, length: int, offset: int, buf_addr: int, eve
     finally:
         if locked and not sent:      # (an IRP's holds the lock until its completion)
             _unlock_file(fo)
+
+
+def _read_fast(process, fo: FILE_OBJECT, length: int, offset: int, buf_addr: int, user_buffer: bool, ev,
+               reply: Reply) -> bool:
+    """The driver's FastIoRead, if it has one for `fo` and does this read:
+    then the read is answered here (True)."""
+    fast = _fast_routine(fo, "FastIoRead")
+    if fast is None:
+        return False
+    routine, dev = fast
+    buf = bytearray(length)
+    iosb = _fast_io(routine, fo, dev, offset, length, buf, _FAST_READ_TAKEN)
+    if iosb is None:
+        return False
+    status, info = iosb.Status & 0xFFFFFFFF, iosb.Information
+    if info > length:
+        verifier.violation(verifier.INFORMATION_TOO_LARGE, f"Information {info} > buffer {length}",
+                           driver=dev.DriverObject, raise_it=False)
+        info = length
+    data = b""
+    if status >= 0xC0000000:
+        info = 0
+    elif user_buffer and buf_addr:
+        try:
+            write_from(process.pid, buf_addr, memoryview(buf)[:info])
+        except AccessViolation:
+            status, info = st.STATUS_ACCESS_VIOLATION, 0
+    else:
+        data = memoryview(buf)[:info]
+    _answer(reply, None, ev, status, info, data)
+    return True
 
 
 def write_file(process, handle: int, data, offset: int, buf_addr: int, event: int, reply: Reply,
