@@ -246,3 +246,80 @@ def test_the_poller_says_which_cpu_it_is_on_while_it_polls_and_nothing_once_it_s
         poller.stop()
         for c in poller.channels.values():
             c.close()
+
+
+def test_a_dispatch_that_blocks_when_no_thread_can_be_started_keeps_the_role(monkeypatch):
+    """A dispatch that blocks hands the poller role to another thread; when the
+    system will not start one, the blocked thread keeps the role, so every ring
+    is served again once its dispatch returns (rather than by nobody)."""
+    from ringzero.kernel import dbg
+    from ringzero.kernel.ke import dispatcher as ke
+    from ringzero.kernel.ke.clock import LARGE_INTEGER
+
+    poller = ringpoll.Poller()
+    slow, other = StandIn(), StandIn()
+    blocked = threading.Event()
+
+    def block_once():
+        if not blocked.is_set():
+            blocked.set()
+            # a wait that blocks for 0.2 s: the block hook runs, and cannot start a thread
+            ke.KeWaitForSingleObject(ke.KEVENT(), 0, 0, False, LARGE_INTEGER(-2_000_000))
+
+    slow.after_each = block_once
+    try:
+        slow_ch, slow_ring = channel(slow)
+        other_ch, other_ring = channel(other)
+        poller.register(other_ch)
+        assert slow_ring.put(FRAME)
+
+        def refuse(self):
+            raise RuntimeError("can't start new thread")
+        monkeypatch.setattr(threading.Thread, "start", refuse)
+        poller.register(slow_ch)
+        assert blocked.wait(10)
+        assert other_ring.put(FRAME)
+        assert wait_until(lambda: other.served == 1)      # after the blocked dispatch returned
+        assert slow.served == 1
+        assert any("cannot start a ring poller thread" in r.text for r in dbg.recent(64))
+    finally:
+        monkeypatch.undo()
+        poller.stop()
+
+
+def test_a_connection_whose_reader_cannot_start_is_closed_and_a_blocked_reader_keeps_its_role(monkeypatch, tmp_path):
+    """The same for a connection's socket reader: with no thread to be had, a
+    new connection is closed (the kernel goes on accepting), and a reader whose
+    dispatch blocks keeps reading once it returns."""
+    import socket
+
+    from ringzero.kernel.context import current
+    from ringzero.kernel.host import KernelHost, ProgramConnection
+
+    host = KernelHost(str(tmp_path / "k.sock"))
+    host.bind()
+    host.start_background()
+    try:
+        def refuse(self):
+            raise RuntimeError("can't start new thread")
+        monkeypatch.setattr(threading.Thread, "start", refuse)
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(str(tmp_path / "k.sock"))
+        s.settimeout(10)
+        assert s.recv(16) == b""                            # closed at once, not left unserved
+        s.close()
+        assert wait_until(lambda: not host.connections)
+
+        ours, theirs = socket.socketpair()
+        conn = ProgramConnection(host, ours)
+        token = object()
+        conn.reader_token = current.reader_token = token
+        current.connection = conn
+        conn._on_block()                                    # about to park, and no thread to hand over to
+        assert conn.reader_token is token and current.connection is conn
+        ours.close()
+        theirs.close()
+    finally:
+        monkeypatch.undo()
+        current.connection = current.reader_token = None
+        host.stop()

@@ -257,19 +257,30 @@ class ProgramConnection:
 
     # -- the reader ---------------------------------------------------------------
 
-    def start_reader(self) -> None:
+    def start_reader(self) -> bool:
+        """Give the reader role to a new thread; False if the system will not
+        start one (its limit on threads), the role then nobody's."""
         token = object()
         self.reader_token = token
-        t = threading.Thread(target=self._read_loop, args=(token,), name="ringzero-reader", daemon=True)
-        t.start()
+        try:
+            threading.Thread(target=self._read_loop, args=(token,), name="ringzero-reader", daemon=True).start()
+        except RuntimeError as e:
+            self.reader_token = None
+            dbg.emit(f"cannot start a reader thread ({e})", level="fault", source="kernel")
+            return False
+        return True
 
     def _on_block(self) -> None:
-        """ke's hook: this thread is about to park; pass the reader role on."""
+        """ke's hook: this thread is about to park; pass the reader role on (or,
+        with no thread to be had, keep it: the socket is read again once this
+        dispatch returns)."""
         conn = current.connection
-        if conn is not None and conn.reader_token is getattr(current, "reader_token", None):
+        mine = getattr(current, "reader_token", None)
+        if conn is not None and conn.reader_token is mine:
             current.connection = None
-            if not conn.closed:
-                conn.start_reader()
+            if not conn.closed and not conn.start_reader():
+                conn.reader_token = mine
+                current.connection = conn
 
     def _read_loop(self, token) -> None:
         current.reader_token = token
@@ -681,7 +692,10 @@ class KernelHost:
                 continue
             conn = ProgramConnection(self, sock)
             self.connections.add(conn)
-            conn.start_reader()
+            if not conn.start_reader():
+                # no thread to serve it: the program sees the connection closed
+                self.connections.discard(conn)
+                sock.close()
 
     def start_background(self) -> None:
         self._accept_thread = threading.Thread(target=self.serve_forever, name="ringzero-accept", daemon=True)

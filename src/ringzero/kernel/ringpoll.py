@@ -136,8 +136,9 @@ class Poller:
         for w in spare:
             w.wake.release()
 
-    def _start(self) -> None:
-        """Give the poller role to a parked thread, or a new one."""
+    def _start(self) -> bool:
+        """Give the poller role to a parked thread, or a new one; False if there
+        is none to be had (the system's limit on threads), the role then nobody's."""
         token = object()
         self.token = token
         with self.lock:
@@ -145,8 +146,15 @@ class Poller:
         if w is not None:
             w.token = token
             w.wake.release()
-        else:
+            return True
+        try:
             threading.Thread(target=self._thread, args=(token,), name="ringzero-poller", daemon=True).start()
+        except RuntimeError as e:
+            self.token = None
+            dbg.emit(f"cannot start a ring poller thread ({e}); the rings wait for the one that blocked",
+                     level="fault", source="kernel")
+            return False
+        return True
 
     def _thread(self, token) -> None:
         """Poll while this thread holds the role; after a handoff, park for the next one."""
@@ -161,9 +169,13 @@ class Poller:
             token = w.token
 
     def _on_block(self) -> None:
-        if current.poller_token is not None and current.poller_token is self.token and not self.stopped:
+        mine = current.poller_token
+        if mine is not None and mine is self.token and not self.stopped:
             current.poller_token = None
-            self._start()
+            if not self._start():
+                # nobody to hand the role to: this thread keeps it, and the rings
+                # are served again once its dispatch returns
+                self.token = current.poller_token = mine
 
     def _run(self, token) -> None:
         current.poller_token = token
