@@ -37,6 +37,12 @@ class StandIn:
         pass
 
 
+def stop(poller) -> None:
+    poller.stop()
+    for ch in list(poller.channels.values()):
+        ch.close()
+
+
 def channel(conn, size=SIZE):
     region = mmap.mmap(-1, rings.region_size(size))
     rings.init_region(memoryview(region), size)
@@ -65,9 +71,7 @@ def test_a_ring_that_is_never_empty_does_not_starve_one_that_rings_later():
         assert wait_until(lambda: busy.served > served)     # and the flood goes on
     finally:
         busy.after_each = None
-        poller.stop()
-        for ch in poller.channels.values():
-            ch.close()
+        stop(poller)
 
 
 def test_a_kernel_bug_in_a_request_is_an_answer_not_a_hang(monkeypatch):
@@ -243,9 +247,7 @@ def test_the_poller_says_which_cpu_it_is_on_while_it_polls_and_nothing_once_it_s
         assert wait_until(lambda: ring.kernel_cpu() == 0 and not ring.flag())
     finally:
         conn.after_each = None
-        poller.stop()
-        for c in poller.channels.values():
-            c.close()
+        stop(poller)
 
 
 def test_a_dispatch_that_blocks_when_no_thread_can_be_started_keeps_the_role(monkeypatch):
@@ -284,7 +286,7 @@ def test_a_dispatch_that_blocks_when_no_thread_can_be_started_keeps_the_role(mon
         assert any("cannot start a ring poller thread" in r.text for r in dbg.recent(64))
     finally:
         monkeypatch.undo()
-        poller.stop()
+        stop(poller)
 
 
 def test_a_connection_whose_reader_cannot_start_is_closed_and_a_blocked_reader_keeps_its_role(monkeypatch, tmp_path):

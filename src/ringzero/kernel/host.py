@@ -114,8 +114,11 @@ def _peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
     return struct.unpack("3i", creds)
 
 
-def _proc_facts(pid: int) -> tuple[str, int | None, frozenset]:
-    image, start, groups = "", None, frozenset()
+def _proc_facts(pid: int) -> tuple[str, int | None, frozenset, bool]:
+    """(image, start time, groups, whether it lives in our pid namespace: its
+    NSpid line lists one id then, one per namespace level otherwise; a Linux
+    without NSpid has no nested pid namespaces to tell of)."""
+    image, start, groups, same_ns = "", None, frozenset(), True
     try:
         image = os.path.basename(os.readlink(f"/proc/{pid}/exe"))
     except OSError:
@@ -131,10 +134,11 @@ def _proc_facts(pid: int) -> tuple[str, int | None, frozenset]:
             for line in f:
                 if line.startswith("Groups:"):
                     groups = frozenset(int(g) for g in line.split()[1:])
-                    break
+                elif line.startswith("NSpid:"):
+                    same_ns = len(line.split()) == 2
     except OSError:
-        pass
-    return image, start, groups
+        same_ns = False
+    return image, start, groups, same_ns
 
 
 def _is_eventfd(fd: int) -> bool:
@@ -353,8 +357,7 @@ class ProgramConnection:
             proc = self._admit(K.READ_FILE, rid, tid)
             if proc is not None:
                 iofile.read_file(proc, h, length, offset, addr, event, _Req(self, rid), rid, tid,
-                                 bool(flags & wire.FLAG_OVERLAPPED),
-                                 bool(flags & wire.FLAG_USER_BUFFER) and self._user_buffer(flags))
+                                 bool(flags & wire.FLAG_OVERLAPPED), self._user_buffer(flags))
         except Exception as e:
             self._failed(K.READ_FILE, rid, e)
 
@@ -520,11 +523,12 @@ class ProgramConnection:
 
     def _hello(self) -> None:
         pid, uid, gid = _peer_credentials(self.sock)
-        image, start, groups = _proc_facts(pid)
+        image, start, groups, same_ns = _proc_facts(pid)
         sysm = system.get()
         proc = EPROCESS(pid, uid, gid, image, start_time=start, groups=groups,
                         handle_limit=self.host.handle_limit)
         proc.connection = self
+        proc.tids_here = same_ns
         ob.reference(proc)   # the process table's reference, dropped at rundown (drivers may look it up)
         watch_process(pid)
         self.process = proc

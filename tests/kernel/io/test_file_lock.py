@@ -143,6 +143,7 @@ def test_an_overlapped_handle_does_not_serialise_its_requests(ex):
     wov = pywintypes.OVERLAPPED()
     wov.hEvent = win32event.CreateEvent(None, True, False, None)
     win32file.WriteFile(h, b"mine", wov)              # goes at once, and feeds the pending read
+    assert win32event.WaitForSingleObject(wov.hEvent, 20000) == win32event.WAIT_OBJECT_0   # (not behind the read)
     assert win32file.GetOverlappedResult(h, wov, True) == 4
     assert win32event.WaitForSingleObject(ov.hEvent, 20000) == win32event.WAIT_OBJECT_0
     assert win32file.GetOverlappedResult(h, ov, True) == 4

@@ -224,9 +224,8 @@ def _answer(reply: Reply, irp: IRP | None, ev, status: int, info: int, data) -> 
     try:
         reply.complete(irp, status, info, data)
     finally:
-        if ev is not None:
-            ke.KeSetEvent(ev)
-            ob.dereference(ev)
+        ke.KeSetEvent(ev)
+        ob.dereference(ev)
 
 
 # -- open ----------------------------------------------------------------------
@@ -429,8 +428,11 @@ def _lock_file(fo: FILE_OBJECT, process=None) -> int:
     """IopLockFileObject: STATUS_SUCCESS once the caller holds `fo`'s lock, or
     the status its wait ended with (STATUS_ALERTED: the program is going away),
     or STATUS_INSUFFICIENT_RESOURCES if `process` has MAX_LOCK_WAITS waiting."""
-    if fo.Busy.acquire(False):
-        return st.STATUS_SUCCESS
+    return st.STATUS_SUCCESS if fo.Busy.acquire(False) else _wait_for_file_lock(fo, process)
+
+
+def _wait_for_file_lock(fo: FILE_OBJECT, process) -> int:
+    """_lock_file's wait, once the lock was found busy."""
     with _waiters_lock:
         if process is not None:
             if process.lock_waits >= MAX_LOCK_WAITS:
@@ -471,7 +473,7 @@ def _begin(process, fo: FILE_OBJECT, event: int, reply: Reply):
         return True, ev, False
     if fo.Busy.acquire(False):
         return True, ev, True
-    status = _lock_file(fo, process)
+    status = _wait_for_file_lock(fo, process)
     if status == st.STATUS_SUCCESS:
         return True, ev, True
     if ev is not None:
@@ -792,7 +794,9 @@ def cancel_all(process) -> int:
 # tells nobody when a thread of another process ends, so while a program has
 # IRPs outstanding a system thread looks every THREAD_CHECK_SECONDS whether each
 # thread that issued one still exists (/proc/PID/task/TID), and cancels the
-# IRPs of those that do not.  (A whole program's exit is its rundown, at once.)
+# IRPs of those that do not; only for a program in our pid namespace, whose
+# thread ids name its tasks here (EPROCESS.tids_here, from its NSpid line at
+# HELLO).  (A whole program's exit is its rundown, at once.)
 
 THREAD_CHECK_SECONDS = 0.2
 
@@ -809,12 +813,8 @@ def cancel_exited_threads(processes) -> int:
             for irp in proc.pending:
                 if irp.tid:
                     by_thread.setdefault(irp.tid, []).append(irp)
-        if not by_thread or not os.path.isdir(f"/proc/{proc.pid}/task"):
+        if not by_thread or not proc.tids_here or not os.path.isdir(f"/proc/{proc.pid}/task"):
             continue      # (a process that is gone is its rundown's)
-        if proc.tids_here is None:
-            proc.tids_here = _same_pid_namespace(proc.pid)
-        if not proc.tids_here:
-            continue      # its thread ids are another namespace's: nothing to look up
         for tid, irps in by_thread.items():
             if os.path.exists(f"/proc/{proc.pid}/task/{tid}"):
                 continue
@@ -822,19 +822,6 @@ def cancel_exited_threads(processes) -> int:
                 IoCancelIrp(irp)
             cancelled += len(irps)
     return cancelled
-
-
-def _same_pid_namespace(pid: int) -> bool:
-    """Whether process `pid` sees the thread ids we do: its NSpid line lists one
-    id when it lives in our pid namespace, one per namespace level otherwise."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("NSpid:"):
-                    return len(line.split()) == 2
-    except OSError:
-        return False
-    return True       # (a Linux without NSpid has no nested pid namespaces to tell of)
 
 
 class ThreadWatch:

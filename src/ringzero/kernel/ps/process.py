@@ -33,7 +33,7 @@ class EPROCESS(ObjectHeader):
         self.lock = threading.Lock()
         self.exiting = False
         self.connection = None     # the host connection (None for the system process)
-        self.tids_here = None      # whether its requests' thread ids name tasks in our pid namespace (file.py)
+        self.tids_here = False     # its requests' thread ids name tasks in our pid namespace (file.py; set at HELLO)
         self.lock_waits = 0        # its requests waiting for a file object's lock (file.py)
         self.counters = {"requests": 0}
 
