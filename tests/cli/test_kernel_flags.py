@@ -75,3 +75,11 @@ def test_a_bad_size_is_refused_with_a_clear_message(text):
                        env=dict(os.environ, PYTHONPATH=SRC), capture_output=True, text=True, timeout=60)
     assert r.returncode == 2
     assert "--max-pool" in r.stderr and "size" in r.stderr
+
+
+def test_the_priority_boost_default_is_the_kernels_own():
+    # the CLI names the default itself (importing the kernel would slow every `ringzero` command)
+    from ringzero.cli.app import kernel
+    from ringzero.kernel.boot import PRIORITY_BOOST
+    option = next(p for p in kernel.params if p.name == "priority_boost")
+    assert option.default == PRIORITY_BOOST

@@ -57,6 +57,7 @@ class _Size(click.ParamType):
 @click.option("--max-io-memory", type=_Size(), default=None, metavar="SIZE",
               help="Pool (IRPs and system buffers) one program's outstanding requests may hold at once (its quota); "
                    "past it a request fails with ERROR_NOT_ENOUGH_QUOTA.  [default: 256M]")
+# default: boot.PRIORITY_BOOST, named here so that `ringzero` need not import the kernel (a test checks)
 @click.option("--priority-boost", type=click.IntRange(0, 39), default=10, show_default=True, metavar="N",
               help="Run N nice levels above the programs, when permitted (root or CAP_SYS_NICE; otherwise it says "
                    "so and runs as they do); 0: at the nice value it was started with.")
