@@ -3,8 +3,13 @@
 A writer process writes CHUNK-byte chunks to \\\\.\\Example\\Bench, its handle
 doing blocking writes, and a reader process, whose handle does blocking
 reads, reads them back, through a kernel started for the benchmark; then the
-same bytes go between two Python processes over a Unix stream socket.  Each
-is run several times; the medians, their spread and the ratio are printed.
+same bytes go between two Python processes over a Unix stream socket, and
+through a bare relay: a third Python process that moves the frames between
+two pairs of the same shared-memory rings, making the kernel's four copies of
+each chunk and nothing else (no handles, no I/O manager, no driver, no
+pywin32 layer; every side spins, and the relay has a CPU of its own), the
+ceiling for any kernel written in Python between two programs.  Each is run
+several times; the medians, their spread and the ratios are printed.
 
     PYTHONPATH=src python -m bench.example_stream [--runs 5] [--mib 256]
 
@@ -17,13 +22,15 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import mmap
 import os
 import socket
 import struct
+import subprocess
 import sys
 import threading
 
-from bench._common import gbps, now, ready_then_wait, report, role_command, run_pair, spread
+from bench._common import ROOT, gbps, now, ready_then_wait, report, role_command, run_pair, spread
 
 MODULE = "bench.example_stream"
 PIPE = "\\\\.\\Example\\Bench"
@@ -119,17 +126,138 @@ def sock_reader(fd: int, total: int, chunk: int) -> None:
     report({"t1": now(), "bytes": got, "reads": reads})
 
 
-def sock_writer(fd: int, total: int, chunk: int) -> None:
-    s = socket.socket(fileno=fd)
+def _write_chunks(total: int, chunk: int, send) -> None:
+    """A peer's writer: `total` bytes as `send(block)` calls of `chunk` bytes
+    (the last may be shorter), timed from the release."""
     data = os.urandom(chunk)
     ready_then_wait()
     t0 = now()
     sent = 0
     while sent < total:
         n = min(chunk, total - sent)
-        s.sendall(data[:n] if n < chunk else data)
+        send(data[:n] if n < chunk else data)
         sent += n
     report({"t0": t0, "bytes": sent})
+
+
+def sock_writer(fd: int, total: int, chunk: int) -> None:
+    _write_chunks(total, chunk, socket.socket(fileno=fd).sendall)
+
+
+# -- the bare relay (the ceiling for a kernel in Python between two programs) ------
+
+_RELAY_RING = 1 << 20          # each side's pair of rings, as big as a program's may be
+_ACK_KIND, _DATA_KIND, _ASK_KIND = 1, 2, 3
+
+
+def _relay_cpus() -> tuple[set[int], set[int]]:
+    """(the relay's CPU, the programs' CPUs): the placement ringzero's kernel
+    aims for, pinned here; nothing is pinned with a single CPU."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return set(cpus), set(cpus)
+    return {cpus[0]}, set(cpus[1:])
+
+
+def _relay_rings(fd: int, side: str):
+    from ringzero.protocol import ring as rings
+    mv = memoryview(mmap.mmap(fd, rings.region_size(_RELAY_RING)))
+    return (rings.program_side if side == "program" else rings.kernel_side)(mv, _RELAY_RING)
+
+
+def _frame_head(kind: int, length: int) -> bytes:
+    from ringzero.protocol import wire
+    return wire.HEADER.pack(length, kind, 0, 0, 0, 0)
+
+
+def _next_frame(ring):
+    """The next frame's view, spinning (and yielding the CPU) until there is one."""
+    peek, yield_cpu = ring.peek, os.sched_yield
+    while True:
+        view = peek()
+        if view is not None:
+            return view
+        yield_cpu()
+
+
+def relay_writer(fd: int, total: int, chunk: int) -> None:
+    os.sched_setaffinity(0, _relay_cpus()[1])
+    req, resp = _relay_rings(fd, "program")
+
+    def send(block):
+        while not req.put(_frame_head(_DATA_KIND, len(block)), block):
+            os.sched_yield()
+        _next_frame(resp)          # the ack: the relay has stored the chunk
+        resp.advance()
+    _write_chunks(total, chunk, send)
+
+
+def relay_reader(fd: int, total: int, chunk: int) -> None:
+    from ringzero.protocol.wire import HEADER_SIZE
+    os.sched_setaffinity(0, _relay_cpus()[1])
+    req, resp = _relay_rings(fd, "program")
+    ask = _frame_head(_ASK_KIND, 4) + struct.pack("<I", chunk)
+    buf = bytearray(chunk)
+    ready_then_wait()
+    got = reads = 0
+    while got < total:
+        while not req.put(ask):
+            os.sched_yield()
+        view = _next_frame(resp)
+        n = len(view) - HEADER_SIZE
+        buf[:n] = view[HEADER_SIZE:]
+        resp.advance()
+        got += n
+        reads += 1
+    report({"t1": now(), "bytes": got, "reads": reads})
+
+
+def relay(writer_fd: int, reader_fd: int, total: int, chunk: int) -> None:
+    """Store each write's data in a ring buffer and answer each read from it,
+    copying as ringzero's kernel does: out of the request ring, into the
+    buffer, out of it into a zeroed read buffer, into the response ring."""
+    from ringzero.protocol.wire import HEADER_SIZE
+    os.sched_setaffinity(0, _relay_cpus()[0])
+    wreq, wresp = _relay_rings(writer_fd, "kernel")
+    rreq, rresp = _relay_rings(reader_fd, "kernel")
+    ack = _frame_head(_ACK_KIND, 0)
+    store = bytearray(1 << 20)
+    size = len(store)
+    head = queued = moved = 0          # where the oldest queued byte is, how many are queued
+    wpeek, rpeek, yield_cpu = wreq.peek, rreq.peek, os.sched_yield
+    ready_then_wait()
+    while moved < total:
+        did = False
+        view = wpeek()
+        if view is not None and size - queued >= len(view) - HEADER_SIZE:
+            data = bytearray(view[HEADER_SIZE:])      # the system buffer
+            wreq.advance()
+            n = len(data)
+            at = (head + queued) % size
+            first = min(n, size - at)
+            store[at:at + first] = data[:first]
+            store[:n - first] = data[first:]
+            queued += n
+            wresp.put(ack)
+            did = True
+        view = rpeek()
+        if view is not None and queued:
+            want = struct.unpack_from("<I", view, HEADER_SIZE)[0]
+            rreq.advance()
+            n = min(want, queued)
+            out = bytearray(n)                           # the read's buffer
+            first = min(n, size - head)
+            out[:first] = store[head:head + first]
+            out[first:] = store[:n - first]
+            head = (head + n) % size
+            queued -= n
+            moved += n
+            while not rresp.put(_frame_head(_DATA_KIND, n), out):
+                yield_cpu()
+            did = True
+        if not did:
+            yield_cpu()
+    report({"bytes": moved})
 
 
 # -- the runs ----------------------------------------------------------------------
@@ -218,6 +346,41 @@ def run_socket(total: int, chunk: int) -> float:
     return gbps(total, r["t1"] - w["t0"])
 
 
+def run_relay(total: int, chunk: int) -> float:
+    """The bare relay between a writer and a reader (see the module's docstring)."""
+    from ringzero.protocol import ring as rings
+    fds = []
+    for name in ("writer", "reader"):
+        fd = os.memfd_create(f"rz-bench-relay-{name}")
+        os.ftruncate(fd, rings.region_size(_RELAY_RING))
+        with mmap.mmap(fd, rings.region_size(_RELAY_RING)) as m:
+            rings.init_region(memoryview(m), _RELAY_RING)
+        fds.append(fd)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (os.path.join(ROOT, "src"), ROOT,
+                                                                  os.environ.get("PYTHONPATH")) if p))
+    mediator = subprocess.Popen(role_command(MODULE, "relay", str(fds[0]), str(fds[1]), str(total), str(chunk)),
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env,
+                                pass_fds=fds)
+    try:
+        if mediator.stdout.readline().strip() != "ready":
+            raise RuntimeError("the relay did not start")
+        mediator.stdin.write("go\n")
+        mediator.stdin.flush()
+        w, r = run_pair(role_command(MODULE, "relay-writer", str(fds[0]), str(total), str(chunk)),
+                        role_command(MODULE, "relay-reader", str(fds[1]), str(total), str(chunk)),
+                        pass_fds=fds, timeout=120)
+        mediator.communicate(timeout=60)
+    finally:
+        if mediator.poll() is None:
+            mediator.kill()
+            mediator.wait()
+        for fd in fds:
+            os.close(fd)
+    if r["bytes"] != total:
+        raise RuntimeError(f"the relay's reader got {r['bytes']} of {total} bytes")
+    return gbps(total, r["t1"] - w["t0"])
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.example_stream", description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=5, help="runs of each (default 5)")
@@ -228,12 +391,14 @@ def main(argv=None) -> int:
                     help="overlapped reads the reader keeps pending (default 1: one synchronous read at a time)")
     ap.add_argument("--write-depth", type=int, default=1,
                     help="overlapped writes the writer keeps pending (default 1: one synchronous write at a time)")
+    ap.add_argument("--no-relay", action="store_true", help="leave out the bare relay")
     ap.add_argument("--json", action="store_true", help="end with one JSON line of the medians and spreads")
     ap.add_argument("--role", help=argparse.SUPPRESS)
     ap.add_argument("args", nargs="*", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.role:
-        roles = {"rz-reader": rz_reader, "rz-writer": rz_writer, "sock-reader": sock_reader, "sock-writer": sock_writer}
+        roles = {"rz-reader": rz_reader, "rz-writer": rz_writer, "sock-reader": sock_reader, "sock-writer": sock_writer,
+                 "relay": relay, "relay-writer": relay_writer, "relay-reader": relay_reader}
         roles[a.role](*map(int, a.args))
         return 0
 
@@ -248,28 +413,42 @@ def main(argv=None) -> int:
     print(f"{a.runs} runs of {a.mib} MiB in {a.chunk}-byte chunks; Example ring {a.ring} bytes, "
           f"{a.depth} read(s) and {a.write_depth} write(s) pending; "
           f"{os.cpu_count()} CPUs; Python {sys.version.split()[0]}")
-    rz, sock = [], []
+    relay_max = _RELAY_RING // 2 - 64
+    with_relay = not a.no_relay and a.chunk <= relay_max
+    if not a.no_relay and not with_relay:
+        print(f"(no bare relay: its chunks go whole through its rings, which take up to {relay_max} bytes)")
+    rz, sock, bare = [], [], []
     placed = collections.Counter()
     for i in range(a.runs):
         placement = Placement(client.embedded_kernel_pid())
         rate, w, r = run_ringzero(total, a.chunk, a.ring, a.depth, a.write_depth, placement)
         rz.append(rate)
         sock.append(run_socket(total, a.chunk))
+        if with_relay:
+            bare.append(run_relay(total, a.chunk))
         print(f"  run {i + 1}: Example {rz[-1]:.3f} GB/s ({r['reads']} reads of {total // a.chunk} chunks)   "
-              f"socket {sock[-1]:.3f} GB/s", flush=True)
+              f"socket {sock[-1]:.3f} GB/s" + (f"   bare relay {bare[-1]:.3f} GB/s" if bare else ""), flush=True)
         print(f"         {placement.summary()}", flush=True)
         placed += placement.counts
     (rm, rlo, rhi), (sm, slo, shi) = spread(rz), spread(sock)
     print(f"Example driver  median {rm:.3f} GB/s  (min {rlo:.3f}, max {rhi:.3f})")
     print(f"Unix socket     median {sm:.3f} GB/s  (min {slo:.3f}, max {shi:.3f})")
-    print(f"ratio           {rm / sm:.3f} of the raw socket")
+    relay_fields = {}
+    if bare:
+        bm, blo, bhi = spread(bare)
+        print(f"bare relay      median {bm:.3f} GB/s  (min {blo:.3f}, max {bhi:.3f})")
+        print(f"ratio           {rm / sm:.3f} of the raw socket; {rm / bm:.3f} of the bare relay, "
+              f"which makes {bm / sm:.3f} of the raw socket")
+        relay_fields = {"relay_gbps": bm, "relay_min": blo, "relay_max": bhi, "relay_ratio": rm / bm}
+    else:
+        print(f"ratio           {rm / sm:.3f} of the raw socket")
     total_placed = Placement(None)
     total_placed.counts = placed
     print(f"where the kernel's busy thread ran, over all runs: {total_placed.summary()}")
     client.stop_embedded_kernel()
     if a.json:
         print(json.dumps({"example_gbps": rm, "example_min": rlo, "example_max": rhi, "socket_gbps": sm,
-                          "socket_min": slo, "socket_max": shi, "ratio": rm / sm,
+                          "socket_min": slo, "socket_max": shi, "ratio": rm / sm, **relay_fields,
                           "placement": total_placed.summary()}))
     return 0
 

@@ -5,7 +5,8 @@
    spinning on shared memory (the practical floor), with ratios.
 2. CreateFile + CloseHandle pairs per second.
 3. Event latency: the driver's KeSetEvent to the program's WaitForSingleObject.
-4. Example-pipe streaming (bench.example_stream) against a raw socket stream.
+4. Example-pipe streaming (bench.example_stream) against a raw socket stream
+   and a bare Python relay over the same rings (the ceiling for a kernel in Python).
 5. Scale: 8 programs at once; 1000 connected programs each holding a handle.
 
 Each figure is the median of several runs, with the spread (min..max).
@@ -417,6 +418,10 @@ def run(quick: bool = False, runs: int = 5, only: set | None = None, as_json: bo
                               f"({x['example_min']:.2f}..{x['example_max']:.2f}) vs a raw Unix-socket stream "
                               f"{x['socket_gbps']:.2f} GB/s ({x['socket_min']:.2f}..{x['socket_max']:.2f}): "
                               f"{x['ratio']:.3f}x; samples of the kernel's busy thread: {x['placement']}")
+                if "relay_gbps" in x:
+                    console.print(f"   a bare Python relay over the same rings (the ceiling for a kernel in Python): "
+                                  f"{x['relay_gbps']:.2f} GB/s ({x['relay_min']:.2f}..{x['relay_max']:.2f}), "
+                                  f"of which the Example pipe makes {x['relay_ratio']:.3f}")
             else:
                 console.print(f"4. Example pipe streaming failed:\n{r.stderr[-2000:]}")
 
