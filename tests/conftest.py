@@ -125,6 +125,28 @@ def as_user(user: str) -> list[str]:
     return prefix + [_python_for[user]]
 
 
+NOBODY = 65534
+
+
+def unprivileged_python() -> str:
+    """A Python >= 3.11 that uid NOBODY may execute (one that need not reach
+    this checkout: the caller hands it what it runs), or skip, saying why."""
+    if os.geteuid() != 0:
+        pytest.skip("switching to the nobody user needs root")
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv (util-linux) is not installed")
+    candidates = [os.path.realpath(sys.executable), os.path.realpath(sys._base_executable),
+                  "/usr/bin/python3", "/usr/local/bin/python3"]
+    for candidate in dict.fromkeys(candidates):
+        probe = subprocess.run(
+            ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", candidate,
+             "-c", "import sys; sys.exit(sys.version_info < (3, 11))"],
+            capture_output=True, cwd="/")
+        if probe.returncode == 0:
+            return candidate
+    pytest.skip(f"no Python >= 3.11 that uid {NOBODY} may execute (tried {candidates})")
+
+
 def start_kernel(tmp_path, monkeypatch, loads=(), extra_args=()) -> KernelProcess:
     """A kernel process this test process is (from now on) a program of."""
     k = KernelProcess(tmp_path, loads=loads, extra_args=extra_args)

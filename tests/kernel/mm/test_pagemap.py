@@ -16,16 +16,15 @@ from pathlib import Path
 
 import pytest
 
+from conftest import NOBODY, unprivileged_python
 from ringzero.kernel.mm import pagemap
 from ringzero.kernel.mm.pagemap import (
-    PhysicalAddressUnavailable,
     pfns_visible,
     physical_address,
     physical_addresses,
 )
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
-NOBODY = 65534
 SRC = Path(pagemap.__file__).resolve().parents[3]
 HIDDEN = ("frame numbers are hidden: the kernel must run as root (CAP_SYS_ADMIN) "
           "to translate virtual to physical addresses")
@@ -173,26 +172,10 @@ def test_child_page_read_by_pid_matches_the_childs_own_answer() -> None:
         child.stdout.close()
 
 
-def _unprivileged_python() -> str:
-    if os.geteuid() != 0:
-        pytest.skip("switching to the nobody user needs root")
-    if shutil.which("setpriv") is None:
-        pytest.skip("setpriv (util-linux) is not installed")
-    candidates = [os.path.realpath(sys.executable), os.path.realpath(sys._base_executable),
-                  "/usr/bin/python3", "/usr/local/bin/python3"]
-    for candidate in dict.fromkeys(candidates):
-        probe = subprocess.run(
-            ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", candidate,
-             "-c", "import sys; sys.exit(sys.version_info < (3, 11))"],
-            capture_output=True, cwd="/")
-        if probe.returncode == 0:
-            return candidate
-    pytest.skip(f"no Python >= 3.11 that uid {NOBODY} may execute (tried {candidates})")
-
 
 def test_unprivileged_process_is_told_frame_numbers_are_hidden() -> None:
     """As nobody, a touched page of one's own raises; an untouched one is still 0."""
-    python = _unprivileged_python()
+    python = unprivileged_python()
     code = textwrap.dedent("""
         import ctypes, json, mmap, os, sys
         import rz_pagemap as p

@@ -6,10 +6,8 @@ import errno
 import json
 import os
 import shutil
-import socket
 import struct
 import subprocess
-import sys
 import tempfile
 import textwrap
 import threading
@@ -20,6 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import NOBODY, unprivileged_python
 from ringzero.kernel.ps import connector
 from ringzero.kernel.ps.connector import (
     ConnectorUnavailable,
@@ -32,7 +31,6 @@ NLMSG_DONE = 3
 NLMSG_NOOP = 1
 NLMSG_OVERRUN = 4
 UNION_SIZE = 24
-NOBODY = 65534
 
 
 def netlink(payload: bytes, msg_type: int = NLMSG_DONE, seq: int = 0) -> bytes:
@@ -275,23 +273,6 @@ def test_source_lifecycle(source: ProcessEventSource) -> None:
         source.fileno()
 
 
-def _unprivileged_python() -> str:
-    """A Python >= 3.11 that uid 65534 may execute, or skip."""
-    if os.geteuid() != 0:
-        pytest.skip("switching to the nobody user needs root")
-    if shutil.which("setpriv") is None:
-        pytest.skip("setpriv (util-linux) is not installed")
-    candidates = [os.path.realpath(sys.executable), os.path.realpath(sys._base_executable),
-                  "/usr/bin/python3", "/usr/local/bin/python3"]
-    for candidate in dict.fromkeys(candidates):
-        probe = subprocess.run(
-            ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", candidate,
-             "-c", "import sys; sys.exit(sys.version_info < (3, 11))"],
-            capture_output=True, cwd="/")
-        if probe.returncode == 0:
-            return candidate
-    pytest.skip(f"no Python >= 3.11 that uid {NOBODY} may execute (tried {candidates})")
-
 
 def run_as_nobody(module_file: str, module_name: str, code: str) -> dict:
     """Run ``code`` as uid/gid 65534 with the module under test importable as module_name.
@@ -299,7 +280,7 @@ def run_as_nobody(module_file: str, module_name: str, code: str) -> dict:
     The module is copied into a world-readable directory, since the source
     tree and this interpreter may live where the nobody user cannot read.
     """
-    python = _unprivileged_python()
+    python = unprivileged_python()
     workdir = tempfile.mkdtemp(prefix="ringzero-nobody-")
     try:
         os.chmod(workdir, 0o755)
