@@ -24,3 +24,9 @@ def default_state_dir() -> str:
         return os.environ[ENV_STATE]
     base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
     return os.path.join(base, "ringzero")
+
+
+def service_name(image: str) -> str:
+    """The service name a driver image loaded by `ringzero kernel --load` or
+    `ringzero run --load` gets: a .py file's stem, else a module's last component."""
+    return os.path.splitext(os.path.basename(image))[0] if image.endswith(".py") else image.rsplit(".", 1)[-1]

@@ -13,6 +13,7 @@ COMMAND_MODULES = [
     "ringzero.cli.sc",
     "ringzero.cli.admin",
     "ringzero.cli.demo",
+    "ringzero.cli.run",
 ]
 
 for _name in COMMAND_MODULES:

@@ -42,8 +42,7 @@ class Kernel:
         self.host.bind()
         self._boot_services()
         for image in loads:
-            service = os.path.splitext(os.path.basename(image))[0] if image.endswith(".py") else image.rsplit(".", 1)[-1]
-            _calls.load_driver(service, image)
+            _calls.load_driver(paths.service_name(image), image)
         self.host.start_background()
         self.thread_watch = iofile.ThreadWatch(self.system.system_process, self.system.processes).start()
 

@@ -1,0 +1,71 @@
+"""`ringzero run`: a program written for Windows, run unchanged against a kernel."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import click
+
+from ringzero import client, paths
+from ringzero.cli.app import main
+from ringzero.win32 import PYWIN32_PATH
+
+
+def _note(text: str) -> None:
+    click.echo(f"ringzero run: {text}", err=True)
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option("--load", "loads", multiple=True, metavar="PATH_OR_MODULE",
+              help="Load this driver first unless a driver of its name is loaded (a .py file or a module name; "
+                   "the service name is its stem). Repeatable.")
+@click.option("-m", "module", metavar="MODULE", help="Run a module, as `python -m` does, instead of a script.")
+@click.argument("program", nargs=-1, type=click.UNPROCESSED, metavar="[SCRIPT] [ARGS]...")
+def run(loads, module, program) -> None:
+    """Run a Python program written for Windows, its pywin32 imports unchanged.
+
+    `import win32file` (and win32event, win32service, win32api, win32con,
+    winioctlcon, winerror, pywintypes) gives the program ringzero's module of
+    that name, and so do the Python programs it starts.  It talks to the
+    running kernel; with none running, to one started for it and the programs
+    it starts, which stops when it exits.  The exit status is the program's.
+
+    \b
+    ringzero run --load mydriver.py client.py --verbose
+    ringzero run --load ringzero.drivers.echo -m tests.echo_client
+    """
+    if module is None and not program:
+        raise click.UsageError("name a SCRIPT to run, or a MODULE with -m")
+    path, started = client.ensure_kernel()
+    if started:
+        _note(f"no kernel was running; started one for this program at {path} (it stops when the program exits)")
+    for image in loads:
+        if image.endswith(".py"):
+            if not os.path.isfile(image):
+                raise click.ClickException(f"no driver file {image}")
+            image = os.path.abspath(image)      # the kernel imports it from its own working directory
+        try:
+            if client.ensure_driver(paths.service_name(image), image):
+                _note(f"loaded {image} as {paths.service_name(image)}")
+        except client.CallFailed as e:
+            raise click.ClickException(f"loading {image} failed: {e}") from None
+    client.disconnect()
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (PYWIN32_PATH, env.get("PYTHONPATH")) if p)
+    cmd = [sys.executable, *(("-m", module) if module is not None else ()), *program]
+    child = subprocess.Popen(cmd, env=env)
+    while True:
+        try:
+            code = child.wait()
+            break
+        except KeyboardInterrupt:
+            continue        # Ctrl-C reached the program too (one process group): it decides
+    if code < 0:
+        sig = -code
+        _note(f"the program was killed by {signal.Signals(sig).name}")
+        code = 128 + sig
+    sys.exit(code)
+
