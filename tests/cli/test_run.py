@@ -81,3 +81,25 @@ def test_clear_errors(tmp_path):
     assert r.returncode == 1 and "no driver file missing.py" in r.stderr
     r = ringzero_run(tmp_path, "--load", "ringzero.drivers.nosuchdriver", "prog.py")
     assert r.returncode == 1 and "loading ringzero.drivers.nosuchdriver failed" in r.stderr
+
+
+def test_sigterm_reaches_the_program(tmp_path):
+    (tmp_path / "waits.py").write_text(textwrap.dedent("""
+        import signal, sys, time, win32file
+        signal.signal(signal.SIGTERM, lambda *_: (print("program got SIGTERM", flush=True), sys.exit(5)))
+        print("ready", flush=True)
+        time.sleep(60)
+    """))
+    env = dict(os.environ, PYTHONPATH=SRC, RINGZERO_SOCKET=str(tmp_path / "no-kernel.sock"))
+    p = subprocess.Popen([sys.executable, "-m", "ringzero.cli.main", "run", "waits.py"], cwd=tmp_path, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "ready"
+        p.terminate()
+        out, _ = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+    assert out.strip() == "program got SIGTERM"
+    assert p.returncode == 5

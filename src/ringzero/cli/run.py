@@ -57,6 +57,8 @@ def run(loads, module, program) -> None:
     env["PYTHONPATH"] = os.pathsep.join(p for p in (PYWIN32_PATH, env.get("PYTHONPATH")) if p)
     cmd = [sys.executable, *(("-m", module) if module is not None else ()), *program]
     child = subprocess.Popen(cmd, env=env)
+    for forwarded in (signal.SIGTERM, signal.SIGHUP):     # so the program ends before the kernel it uses
+        signal.signal(forwarded, lambda signum, _frame: child.send_signal(signum))
     while True:
         try:
             code = child.wait()
