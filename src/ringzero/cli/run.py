@@ -39,7 +39,10 @@ def run(loads, module, program) -> None:
     """
     if module is None and not program:
         raise click.UsageError("name a SCRIPT to run, or a MODULE with -m")
-    path, started = client.ensure_kernel()
+    try:
+        path, started = client.ensure_kernel()
+    except RuntimeError as e:       # the embedded kernel would not start
+        raise click.ClickException(str(e)) from None
     if started:
         _note(f"no kernel was running; started one for this program at {path} (it stops when the program exits)")
     for image in loads:
@@ -50,7 +53,7 @@ def run(loads, module, program) -> None:
         try:
             if client.ensure_driver(paths.service_name(image), image):
                 _note(f"loaded {image} as {paths.service_name(image)}")
-        except client.CallFailed as e:
+        except (client.CallFailed, client.KernelNotRunning, client.KernelGone) as e:
             raise click.ClickException(f"loading {image} failed: {e}") from None
     client.disconnect()
     env = dict(os.environ)
