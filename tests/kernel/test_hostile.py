@@ -337,6 +337,36 @@ def test_outstanding_request_quota(tmp_path, monkeypatch):
         k.stop()
 
 
+def test_an_outstanding_requests_charge_covers_what_it_costs_the_kernel(tmp_path, monkeypatch):
+    """Each outstanding request is charged IRP_CHARGE besides its buffers; the
+    kernel's memory grows by no more than that for each (its RSS over 20 000
+    pending one-byte reads), so the quota bounds the kernel's real memory."""
+    from ringzero.drivers.example_ioctl import EXAMPLE_BLOCKING_READS, IOCTL_EXAMPLE_SET_BLOCKING
+    from ringzero.kernel.io.file import IRP_CHARGE
+    k = _quota_kernel(tmp_path, monkeypatch)
+    try:
+        k.load("ringzero.drivers.example", "Example")
+        h = win32file.CreateFile("\\\\.\\Example\\Charge", win32con.GENERIC_READ | win32con.GENERIC_WRITE, 0,
+                                 None, win32con.OPEN_EXISTING, win32con.FILE_FLAG_OVERLAPPED, None)
+        win32file.DeviceIoControl(h, IOCTL_EXAMPLE_SET_BLOCKING, struct.pack("<I", EXAMPLE_BLOCKING_READS), 0)
+
+        def kernel_rss() -> int:
+            with open(f"/proc/{k.proc.pid}/status") as f:
+                return int(f.read().split("VmRSS:")[1].split()[0]) * 1024
+        n = 20_000
+        before = kernel_rss()
+        pending = [pywintypes.OVERLAPPED() for _ in range(n)]
+        for ov in pending:
+            assert win32file.ReadFile(h, 1, ov)[0] == winerror.ERROR_IO_PENDING
+        per_request = (kernel_rss() - before) / n
+        assert IRP_CHARGE / 4 < per_request <= IRP_CHARGE, per_request
+        win32file.CancelIo(h)
+        h.Close()
+        others_carry_on(k)
+    finally:
+        k.stop()
+
+
 def test_pending_requests_hold_no_more_system_buffers_than_the_programs_quota(tmp_path, monkeypatch):
     """Blocking reads and writes that pend keep their IRPs and system buffers; a
     program that piles them up meets its quota (ERROR_NOT_ENOUGH_QUOTA), as NT
