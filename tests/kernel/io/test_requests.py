@@ -231,7 +231,10 @@ print("pending", flush=True)
 win32file.DeviceIoControl(h, R.IOCTL_PEND, None, 0)
 """)
     assert p.stdout.readline().strip() == "pending"
-    assert wait_until(lambda: f"pid {p.pid}" in rec.log() or counts()["open"] > before["open"])
+    # the IOCTL has reached the driver once the handle's file object lock is held
+    # (a synchronous handle: the request holds it while it is pending)
+    assert wait_until(lambda: any(row.get("busy") for proc in rec.call("handles.list", pid=p.pid)
+                                  for row in proc["handles"]))
     os.kill(p.pid, signal.SIGKILL)
     p.wait()
     assert wait_until(lambda: "recorder: cancelled an IRP of pid %d" % p.pid in rec.log())
