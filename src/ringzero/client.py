@@ -554,9 +554,10 @@ def kernel_running(path: str | None = None) -> bool:
         s.close()
 
 
-def start_embedded_kernel(quiet: bool = True, timeout: float = 15.0) -> str:
+def start_embedded_kernel(quiet: bool = True, timeout: float = 15.0, verbose: bool = False) -> str:
     """Start a kernel as a child on a private socket for this program (and the
-    programs it starts, through RINGZERO_SOCKET); it stops when we exit."""
+    programs it starts, through RINGZERO_SOCKET); it stops when we exit.  With
+    `verbose`, its debug log (DbgPrint, faults) goes to our stderr."""
     global _embedded
     import tempfile
     d = tempfile.mkdtemp(prefix="ringzero-embedded-")
@@ -567,9 +568,11 @@ def start_embedded_kernel(quiet: bool = True, timeout: float = 15.0) -> str:
     def die_with_parent():
         _libc.prctl(PR_SET_PDEATHSIG, 15, 0, 0, 0)
 
-    cmd = [sys.executable, "-m", "ringzero.kernel", "--socket", path, "--state", state, "--quiet"]
+    cmd = [sys.executable, "-m", "ringzero.kernel", "--socket", path, "--state", state, "--quiet",
+           *(("--verbose",) if verbose else ())]
     _embedded = subprocess.Popen(cmd, preexec_fn=die_with_parent, stdin=subprocess.DEVNULL,
-                                 stdout=subprocess.DEVNULL, stderr=None if not quiet else subprocess.DEVNULL)
+                                 stdout=subprocess.DEVNULL,
+                                 stderr=None if verbose or not quiet else subprocess.DEVNULL)
     deadline = time.monotonic() + timeout
     while not kernel_running(path):
         if _embedded.poll() is not None:
@@ -601,12 +604,12 @@ def stop_embedded_kernel() -> None:
             p.kill()
 
 
-def ensure_kernel(quiet: bool = True) -> tuple[str, bool]:
+def ensure_kernel(quiet: bool = True, verbose: bool = False) -> tuple[str, bool]:
     """(socket path, started here): the running kernel, or an embedded one."""
     path = paths.default_socket_path()
     if kernel_running(path):
         return path, False
-    return start_embedded_kernel(quiet), True
+    return start_embedded_kernel(quiet, verbose=verbose), True
 
 
 def ensure_driver(service: str, image: str) -> bool:

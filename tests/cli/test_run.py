@@ -103,3 +103,20 @@ def test_sigterm_reaches_the_program(tmp_path):
             p.communicate()
     assert out.strip() == "program got SIGTERM"
     assert p.returncode == 5
+
+
+def test_verbose_prints_the_debug_log_of_the_kernel_started_for_it(tmp_path):
+    (tmp_path / "hello.py").write_text(textwrap.dedent("""
+        from ringzero.ddk import *
+
+        def DriverEntry(DriverObject, RegistryPath):
+            DbgPrint("hello driver: DriverEntry ran")
+            return STATUS_SUCCESS
+    """))
+    (tmp_path / "nothing.py").write_text("import win32file\n")
+    r = ringzero_run(tmp_path, "-v", "--load", "hello.py", "nothing.py")
+    assert r.returncode == 0, r.stderr
+    assert "hello driver: DriverEntry ran" in r.stderr
+    r = ringzero_run(tmp_path, "--load", "hello.py", "nothing.py")
+    assert r.returncode == 0, r.stderr
+    assert "DriverEntry ran" not in r.stderr

@@ -23,8 +23,11 @@ def _note(text: str) -> None:
               help="Load this driver first unless a driver of its name is loaded (a .py file or a module name; "
                    "the service name is its stem). Repeatable.")
 @click.option("-m", "module", metavar="MODULE", help="Run a module, as `python -m` does, instead of a script.")
+@click.option("--verbose", "-v", is_flag=True,
+              help="Print the debug log (DbgPrint, driver faults) of a kernel started for the program on stderr "
+                   "(a running kernel's: `ringzero dbgview`).")
 @click.argument("program", nargs=-1, type=click.UNPROCESSED, metavar="[SCRIPT] [ARGS]...")
-def run(loads, module, program) -> None:
+def run(loads, module, verbose, program) -> None:
     """Run a Python program written for Windows, its pywin32 imports unchanged.
 
     `import win32file` (and win32event, win32service, win32api, win32con,
@@ -34,17 +37,19 @@ def run(loads, module, program) -> None:
     it starts, which stops when it exits.  The exit status is the program's.
 
     \b
-    ringzero run --load mydriver.py client.py --verbose
-    ringzero run --load ringzero.drivers.echo -m tests.echo_client
+    ringzero run --load mydriver.py client.py --its-own-flag
+    ringzero run -v --load ringzero.drivers.echo -m mypackage.client
     """
     if module is None and not program:
         raise click.UsageError("name a SCRIPT to run, or a MODULE with -m")
     try:
-        path, started = client.ensure_kernel()
+        path, started = client.ensure_kernel(verbose=verbose)
     except RuntimeError as e:       # the embedded kernel would not start
         raise click.ClickException(str(e)) from None
     if started:
         _note(f"no kernel was running; started one for this program at {path} (it stops when the program exits)")
+    elif verbose:
+        _note(f"the kernel at {path} was already running: `ringzero dbgview` prints its debug log")
     for image in loads:
         if image.endswith(".py"):
             if not os.path.isfile(image):
