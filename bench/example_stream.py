@@ -24,6 +24,7 @@ import collections
 import json
 import mmap
 import os
+import signal
 import socket
 import struct
 import subprocess
@@ -346,6 +347,31 @@ def run_socket(total: int, chunk: int) -> float:
     return gbps(total, r["t1"] - w["t0"])
 
 
+def _ended_with(mediator: subprocess.Popen):
+    """A run_pair watch: if the relay fails, its two programs (which would spin
+    on for ever) are killed, so the run fails at once."""
+    def watch(writer_pid: int, reader_pid: int):
+        stop = threading.Event()
+
+        def guard():
+            while not stop.wait(0.05):
+                if mediator.poll():
+                    for pid in (writer_pid, reader_pid):
+                        try:
+                            os.kill(pid, signal.SIGKILL)
+                        except ProcessLookupError:
+                            pass
+                    return
+        t = threading.Thread(target=guard, daemon=True)
+        t.start()
+
+        def done():
+            stop.set()
+            t.join()
+        return done
+    return watch
+
+
 def run_relay(total: int, chunk: int) -> float:
     """The bare relay between a writer and a reader (see the module's docstring)."""
     from ringzero.protocol import ring as rings
@@ -366,9 +392,14 @@ def run_relay(total: int, chunk: int) -> float:
             raise RuntimeError("the relay did not start")
         mediator.stdin.write("go\n")
         mediator.stdin.flush()
-        w, r = run_pair(role_command(MODULE, "relay-writer", str(fds[0]), str(total), str(chunk)),
-                        role_command(MODULE, "relay-reader", str(fds[1]), str(total), str(chunk)),
-                        pass_fds=fds, timeout=120)
+        try:
+            w, r = run_pair(role_command(MODULE, "relay-writer", str(fds[0]), str(total), str(chunk)),
+                            role_command(MODULE, "relay-reader", str(fds[1]), str(total), str(chunk)),
+                            pass_fds=fds, timeout=120, watch=_ended_with(mediator))
+        except RuntimeError:
+            if mediator.poll():
+                raise RuntimeError(f"the relay failed (code {mediator.returncode}; its traceback is above)") from None
+            raise
         mediator.communicate(timeout=60)
     finally:
         if mediator.poll() is None:
