@@ -276,6 +276,19 @@ def _cpu_of(stat_path: str) -> tuple[int, str] | None:
     return int(fields[36]), fields[0].decode()
 
 
+def _in_background(loop):
+    """Run loop(stop), a threading.Event, on a thread of its own; the callable
+    returned sets `stop` and waits for the thread (a run_pair watch's end)."""
+    stop = threading.Event()
+    t = threading.Thread(target=loop, args=(stop,), daemon=True)
+    t.start()
+
+    def done():
+        stop.set()
+        t.join()
+    return done
+
+
 class Placement:
     """Samples, every few milliseconds while a stream runs, which CPU the
     kernel's busy thread, the writer and the reader are on: the stream's rate
@@ -288,11 +301,10 @@ class Placement:
         self.counts = collections.Counter()
 
     def watch(self, writer_pid: int, reader_pid: int):
-        stop = threading.Event()
         if self.kernel_pid is None:
-            return stop.set
+            return lambda: None
 
-        def sample():
+        def sample(stop: threading.Event):
             task_dir = f"/proc/{self.kernel_pid}/task"
             while not stop.wait(self.PERIOD):
                 try:
@@ -307,14 +319,7 @@ class Placement:
                 self.counts["all three on one CPU" if k == w[0] == r[0] else
                             "the kernel sharing a CPU with a program" if k in (w[0], r[0]) else
                             "the kernel on a CPU of its own"] += 1
-
-        t = threading.Thread(target=sample, daemon=True)
-        t.start()
-
-        def done():
-            stop.set()
-            t.join()
-        return done
+        return _in_background(sample)
 
     def summary(self) -> str:
         n = sum(self.counts.values())
@@ -351,9 +356,7 @@ def _ended_with(mediator: subprocess.Popen):
     """A run_pair watch: if the relay fails, its two programs (which would spin
     on for ever) are killed, so the run fails at once."""
     def watch(writer_pid: int, reader_pid: int):
-        stop = threading.Event()
-
-        def guard():
+        def guard(stop: threading.Event):
             while not stop.wait(0.05):
                 if mediator.poll():
                     for pid in (writer_pid, reader_pid):
@@ -362,13 +365,7 @@ def _ended_with(mediator: subprocess.Popen):
                         except ProcessLookupError:
                             pass
                     return
-        t = threading.Thread(target=guard, daemon=True)
-        t.start()
-
-        def done():
-            stop.set()
-            t.join()
-        return done
+        return _in_background(guard)
     return watch
 
 
