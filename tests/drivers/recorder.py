@@ -9,7 +9,8 @@ IOCTL_FILL        in: "<IIB" information, status, fill byte; fills the whole
 IOCTL_PEND        pends until cancelled (cancel routine) or IOCTL_COMPLETE_ALL; while
                   pending, the IRP's Tail.Overlay.DriverContext holds the driver's own values
 IOCTL_COMPLETE_ALL completes every pended IRP with STATUS_SUCCESS, out "<I" count
-IOCTL_WHOAMI      out "<QQ" PsGetCurrentProcessId, IoGetRequestorProcessId
+IOCTL_WHOAMI      out "<QQ" PsGetCurrentProcessId, IoGetRequestorProcessId (and, given 24
+                  bytes, "<QQQ" with PsGetCurrentThreadId)
 IOCTL_SET_EVENT   in "<Q" a handle of the caller's; ObReferenceObjectByHandle(UserMode) + KeSetEvent
 IOCTL_RAISE       the dispatch routine raises (a driver bug)
 IOCTL_ANOMALIES   out "<III" file objects with more than one CLEANUP, with more than
@@ -117,6 +118,9 @@ def DispatchControl(DeviceObject, Irp):
         return _complete(Irp, STATUS_SUCCESS, 4)
     if code == IOCTL_WHOAMI:
         struct.pack_into("<QQ", buf, 0, PsGetCurrentProcessId(), IoGetRequestorProcessId(Irp))
+        if p.OutputBufferLength >= 24:
+            struct.pack_into("<Q", buf, 16, PsGetCurrentThreadId())
+            return _complete(Irp, STATUS_SUCCESS, 24)
         return _complete(Irp, STATUS_SUCCESS, 16)
     if code == IOCTL_SET_EVENT:
         if p.InputBufferLength < 8:

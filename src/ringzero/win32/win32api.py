@@ -1,9 +1,11 @@
 """The few win32api calls programs use with devices: CloseHandle, GetLastError,
-FormatMessage, GetCurrentProcessId, DuplicateHandle."""
+FormatMessage, GetCurrentProcessId, GetCurrentThreadId, DuplicateHandle, and
+Sleep and GetTickCount."""
 
 from __future__ import annotations
 
 import os
+import time
 
 from ringzero import client
 from ringzero.protocol import wire
@@ -33,6 +35,23 @@ def FormatMessage(*args) -> str:
 
 def GetCurrentProcessId() -> int:
     return os.getpid()
+
+
+def GetCurrentThreadId() -> int:
+    """This thread's id, the one a driver serving its requests gets from PsGetCurrentThreadId."""
+    return client._thread_id()
+
+
+def Sleep(milliseconds: int, alertable: bool = False) -> int:
+    """Sleep(ms[, bAlterable]) as pywin32's: 0 once the time has passed (no APC
+    is ever queued to a program here, so an alertable sleep is not cut short)."""
+    time.sleep(max(0, int(milliseconds)) / 1000)
+    return 0
+
+
+def GetTickCount() -> int:
+    """Milliseconds since the system started, wrapping at 2**32 as GetTickCount's do."""
+    return int(time.clock_gettime(time.CLOCK_BOOTTIME) * 1000) & 0xFFFFFFFF
 
 
 def DuplicateHandle(hSourceProcess, hSource, hTargetProcess, desiredAccess: int, bInheritHandle: bool, options: int):

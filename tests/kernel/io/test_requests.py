@@ -176,6 +176,25 @@ def test_dispatch_runs_in_the_requestors_context(rec):
     h.Close()
 
 
+def test_the_driver_sees_the_calling_threads_id(rec):
+    # PsGetCurrentThreadId in the dispatch routine is the program's GetCurrentThreadId, thread by thread
+    import threading
+    from ringzero.win32 import win32api
+    h = open_rec()
+    seen = {}
+
+    def ask(name):
+        pid, _, tid = struct.unpack("<QQQ", win32file.DeviceIoControl(h, R.IOCTL_WHOAMI, None, 24))
+        seen[name] = (pid, tid, win32api.GetCurrentThreadId())
+    ask("main")
+    t = threading.Thread(target=ask, args=("other",))
+    t.start()
+    t.join()
+    h.Close()
+    assert seen["main"] == (os.getpid(), threading.get_native_id(), threading.get_native_id())
+    assert seen["other"][1] == seen["other"][2] != seen["main"][1]
+
+
 def test_pending_irp_cancelled_by_cancelio(rec):
     h = open_rec(flags=win32con.FILE_FLAG_OVERLAPPED)
     ov = pywintypes.OVERLAPPED()
