@@ -24,6 +24,10 @@ def _object_line(d: dict, width: int) -> str:
         extra = ", ".join(d.get("devices") or []) or "(no devices)"
     elif d["type"] == "Event":
         extra = d["event_type"] + (", signalled" if d["signalled"] else "")
+    elif d["type"] == "Mutant":
+        owner = d.get("owner")
+        extra = ("free" if not owner else "owned by a kernel thread" if "pid" not in owner
+                 else f"owned by pid {owner['pid']} thread {owner['tid']} ({d['depth']}x)")
     return f"{d['name']:<{width}}  {d['type']:<13} {extra}".rstrip()
 
 

@@ -41,6 +41,11 @@ def describe(obj) -> dict:
     elif obj.type_name == "Event":
         d["event_type"] = "Notification" if obj.Type == 0 else "Synchronization"
         d["signalled"] = bool(obj.signal_state)
+    elif obj.type_name == "Mutant":
+        owner = obj.OwnerThread
+        d["owner"] = ({"pid": owner[0], "tid": owner[1]} if isinstance(owner, tuple)
+                      else {"kernel_thread": owner} if owner is not None else None)
+        d["depth"] = 1 - obj.signal_state if obj.signal_state <= 0 else 0
     return d
 
 

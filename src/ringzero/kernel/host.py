@@ -445,10 +445,20 @@ class ProgramConnection:
             name = bytes(p[wire.CREATE_EVENT.size:]).decode("utf-8", "replace") or None
             status, h = obev.create_event(proc, bool(manual), bool(initial), name, access)
             self._reply(rid, status, h)
-        elif kind == K.OPEN_EVENT:
+        elif kind == K.OPEN_EVENT or kind == K.OPEN_MUTANT:     # (one layout)
             access, _inherit = wire.OPEN_EVENT.unpack_from(p)
-            status, h = obev.open_event(proc, bytes(p[wire.OPEN_EVENT.size:]).decode("utf-8", "replace"), access)
+            open_named = obev.open_event if kind == K.OPEN_EVENT else obev.open_mutant
+            status, h = open_named(proc, bytes(p[wire.OPEN_EVENT.size:]).decode("utf-8", "replace"), access)
             self._reply(rid, status, h)
+        elif kind == K.CREATE_MUTANT:
+            initial_owner, access = wire.CREATE_MUTANT.unpack_from(p)
+            name = bytes(p[wire.CREATE_MUTANT.size:]).decode("utf-8", "replace") or None
+            status, h = obev.create_mutant(proc, bool(initial_owner), name, access)
+            self._reply(rid, status, h)
+        elif kind == K.RELEASE_MUTANT:
+            (h,) = wire.HANDLE.unpack_from(p)
+            status, previous = obev.release_mutant(proc, h)
+            self._reply(rid, status, previous & 0xFFFFFFFF)
         elif kind == K.CANCEL_IO:
             h, target = wire.CANCEL.unpack_from(p)
             any_thread = bool(f.flags & wire.FLAG_OVERLAPPED)
@@ -616,6 +626,7 @@ class ProgramConnection:
             self.rundown_done.set()
 
     def _rundown_process(self, proc: EPROCESS) -> None:
+        obev.abandon_mutants(lambda owner: owner[0] == proc.pid)
         if iofile.cancel_all(proc):
             deadline = time.monotonic() + RUNDOWN_CANCEL_WAIT
             while proc.pending and time.monotonic() < deadline:

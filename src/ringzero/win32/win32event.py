@@ -1,8 +1,12 @@
-"""win32event for ringzero programs: events and waits, with NT's semantics.
+"""win32event for ringzero programs: events, mutexes and waits, with NT's semantics.
 
 Events are kernel objects: a handle can be passed to a driver (which
 references it with ObReferenceObjectByHandle and signals it with KeSetEvent),
 and a named event is shared with other programs through \\BaseNamedObjects.
+Mutexes are NT's mutants: owned by the thread whose wait got one (or that
+created it as its initial owner), taken again by that thread without
+blocking, released only by it; when the owning thread or its program ends,
+the next wait to get the mutex returns WAIT_ABANDONED.
 """
 
 from __future__ import annotations
@@ -14,8 +18,8 @@ from ringzero.nt import status as st
 from ringzero.protocol import wire
 from ringzero.protocol.wire import K
 from ringzero.win32 import pywintypes
-from ringzero.win32.win32con import (EVENT_ALL_ACCESS, EVENT_MODIFY_STATE, INFINITE, SYNCHRONIZE,  # noqa: F401
-                                     WAIT_ABANDONED_0, WAIT_FAILED, WAIT_OBJECT_0, WAIT_TIMEOUT)
+from ringzero.win32.win32con import (EVENT_ALL_ACCESS, EVENT_MODIFY_STATE, INFINITE, MUTEX_ALL_ACCESS,  # noqa: F401
+                                     SYNCHRONIZE, WAIT_ABANDONED_0, WAIT_FAILED, WAIT_OBJECT_0, WAIT_TIMEOUT)
 from ringzero.win32.winerror import ERROR_ALREADY_EXISTS
 
 WAIT_ABANDONED = WAIT_ABANDONED_0
@@ -23,22 +27,45 @@ MAXIMUM_WAIT_OBJECTS = 64
 EVENT_QUERY_STATE = 0x0001
 
 
-def CreateEvent(EventAttributes, bManualReset: bool, bInitialState: bool, Name: str | None) -> pywintypes.HANDLEType:
-    name = (Name or "").encode("utf-8")
-    payload = wire.CREATE_EVENT.pack(bool(bManualReset), bool(bInitialState), 0, EVENT_ALL_ACCESS) + name
-    status, handle, _ = client.connection().request(K.CREATE_EVENT, payload)
+def _named(kind: int, payload: bytes, funcname: str, creates: bool) -> pywintypes.HANDLEType:
+    """A handle to a new or named object; a create that found the name taken
+    sets GetLastError() to ERROR_ALREADY_EXISTS, as Create* do."""
+    status, handle, _ = client.connection().request(kind, payload)
     if not st.NT_SUCCESS(status):
-        pywintypes.raise_status(status, "CreateEvent")
-    pywintypes.set_last_error(ERROR_ALREADY_EXISTS if status == st.STATUS_OBJECT_NAME_EXISTS else 0)
+        pywintypes.raise_status(status, funcname)
+    if creates:
+        pywintypes.set_last_error(ERROR_ALREADY_EXISTS if status == st.STATUS_OBJECT_NAME_EXISTS else 0)
     return pywintypes.HANDLEType(handle)
+
+
+def CreateEvent(EventAttributes, bManualReset: bool, bInitialState: bool, Name: str | None) -> pywintypes.HANDLEType:
+    payload = wire.CREATE_EVENT.pack(bool(bManualReset), bool(bInitialState), 0, EVENT_ALL_ACCESS)
+    return _named(K.CREATE_EVENT, payload + (Name or "").encode("utf-8"), "CreateEvent", True)
 
 
 def OpenEvent(desiredAccess: int, bInheritHandle: bool, name: str) -> pywintypes.HANDLEType:
     payload = wire.OPEN_EVENT.pack(desiredAccess & 0xFFFFFFFF, bool(bInheritHandle)) + name.encode("utf-8")
-    status, handle, _ = client.connection().request(K.OPEN_EVENT, payload)
+    return _named(K.OPEN_EVENT, payload, "OpenEvent", False)
+
+
+def CreateMutex(MutexAttributes, bInitialOwner: bool, Name: str | None) -> pywintypes.HANDLEType:
+    """A new mutex (owned by this thread with `bInitialOwner`), or the existing
+    one of that name (GetLastError() is then ERROR_ALREADY_EXISTS, and this
+    thread does not own it)."""
+    payload = wire.CREATE_MUTANT.pack(bool(bInitialOwner), MUTEX_ALL_ACCESS) + (Name or "").encode("utf-8")
+    return _named(K.CREATE_MUTANT, payload, "CreateMutex", True)
+
+
+def OpenMutex(desiredAccess: int, bInheritHandle: bool, name: str) -> pywintypes.HANDLEType:
+    payload = wire.OPEN_MUTANT.pack(desiredAccess & 0xFFFFFFFF, bool(bInheritHandle)) + name.encode("utf-8")
+    return _named(K.OPEN_MUTANT, payload, "OpenMutex", False)
+
+
+def ReleaseMutex(hMutex) -> None:
+    """ERROR_NOT_OWNER unless this thread owns it."""
+    status, _, _ = client.connection().request(K.RELEASE_MUTANT, wire.HANDLE.pack(int(hMutex)))
     if not st.NT_SUCCESS(status):
-        pywintypes.raise_status(status, "OpenEvent")
-    return pywintypes.HANDLEType(handle)
+        pywintypes.raise_status(status, "ReleaseMutex")
 
 
 def _event_op(handle, op: int, funcname: str) -> int:

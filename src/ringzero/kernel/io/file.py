@@ -19,6 +19,7 @@ from ringzero.kernel.io.objects import DEVICE_OBJECT, FILE_OBJECT, IO_SECURITY_C
 from ringzero.kernel.ke import dispatcher as ke
 from ringzero.kernel.mm.mdl import mdl_for_buffer
 from ringzero.kernel.mm.user import AccessViolation, NtException, UserAddress, read_into, write_from
+from ringzero.kernel.ob import events as obev
 from ringzero.kernel.ob import object as ob
 from ringzero.kernel.ob.handles import HandleError, release_entry
 from ringzero.kernel.ob.namespace import ObjectError, dos_to_nt
@@ -851,6 +852,8 @@ class ThreadWatch:
         current.process = self.system_process
         while not self.stopped.wait(THREAD_CHECK_SECONDS):
             try:
-                cancel_exited_threads(list(self.processes.values()))
+                processes = list(self.processes.values())
+                cancel_exited_threads(processes)
+                obev.abandon_mutants_of_exited_threads(processes)
             except Exception as e:  # a bug of ours must not end the watch
                 dbg.fault("thread watch", e)

@@ -408,9 +408,16 @@ def KeReleaseMutex(Mutex: KMUTEX, Wait: bool = False) -> int:
             return previous
     finally:
         _lock.release()
+    return release_mutant(Mutex, me)
+
+
+def release_mutant(Mutex: KMUTEX, owner) -> int:
+    """KeReleaseMutant for `owner` (a kernel thread's ident, or a program
+    thread's (pid, tid)): the previous signal state; MutexNotOwned if `owner`
+    does not own it."""
     with _lock:
-        if Mutex.OwnerThread != me or Mutex.signal_state > 0:
-            raise MutexNotOwned("THREAD_NOT_MUTEX_OWNER: KeReleaseMutex by a thread that does not own it")
+        if Mutex.OwnerThread != owner or Mutex.signal_state > 0:
+            raise MutexNotOwned("THREAD_NOT_MUTEX_OWNER: a mutex released by a thread that does not own it")
         previous = Mutex.signal_state
         Mutex.signal_state += 1
         if Mutex.signal_state > 0:

@@ -9,6 +9,9 @@ with their last handle.
 
 from __future__ import annotations
 
+import os
+import weakref
+
 from ringzero.kernel import system
 from ringzero.kernel.context import current
 from ringzero.kernel.ke import dispatcher as ke
@@ -31,84 +34,179 @@ def _event_path(name: str) -> str:
     return BASE + name.removeprefix("Global\\").removeprefix("Local\\")
 
 
+class _Kind:
+    """What naming, opening and access checks need of an object type."""
+
+    def __init__(self, type_name: str, mapping, all_access: int):
+        self.type_name = type_name
+        self.mapping = mapping
+        self.all_access = all_access
+
+
+_EVENT = _Kind("Event", EVENT_MAPPING, acc.EVENT_ALL_ACCESS)
+_MUTANT = _Kind("Mutant", acc.MUTANT_GENERIC_MAPPING, acc.MUTANT_ALL_ACCESS)
+_KIND_OF = {"Event": _EVENT, "Mutant": _MUTANT}
+
+
 def create_event(process, manual_reset: bool, initial: bool, name: str | None, desired: int) -> tuple[int, int]:
     """(status, handle): STATUS_OBJECT_NAME_EXISTS when a named event existed
     (the handle is to it, as CreateEvent then sets ERROR_ALREADY_EXISTS)."""
     ev_type = ke.NotificationEvent if manual_reset else ke.SynchronizationEvent
-    if name:
+    return _create(process, _EVENT, name, desired, lambda: ke.KEVENT(ev_type, initial))
+
+
+def _create(process, kind: _Kind, name: str | None, desired: int, make) -> tuple[int, int]:
+    """NtCreateEvent / NtCreateMutant: a new object from make(), named in
+    \\BaseNamedObjects with its creator's security when `name` is given, or
+    the existing object of that name opened (STATUS_OBJECT_NAME_EXISTS)."""
+    access = acc.map_generic(desired, kind.mapping) or kind.all_access
+    if not name:
         try:
-            path = _event_path(name)
-        except NtException as e:
-            return e.status, 0
-        ns = system.get().namespace
-        try:
-            existing, _ = ns.lookup(path, parse=False)
-        except ObjectError:
-            existing = None
-        if existing is not None:
-            if existing.type_name != "Event":
-                return st.STATUS_OBJECT_TYPE_MISMATCH, 0
-            status, handle = _open(process, existing, desired)
-            return (st.STATUS_OBJECT_NAME_EXISTS if status == st.STATUS_SUCCESS else status), handle
-        ev = ke.KEVENT(ev_type, initial)
-        ev.security = se.SecurityDescriptor(owner_uid=process.uid, group_gid=process.gid,
-                                            dacl=[se.Ace(True, acc.GENERIC_ALL, f"U:{process.uid}"),
-                                                  se.Ace(True, acc.GENERIC_ALL, "BA")])
-        ob.reference(ev)
-        try:
-            ns.insert(path, ev)
-        except ObjectError as e:
-            ob.dereference(ev)
-            if e.status == st.STATUS_OBJECT_NAME_COLLISION:  # lost a race: open theirs
-                return create_event(process, manual_reset, initial, name, desired)
-            return e.status, 0
-        try:
-            handle = process.handles.insert(ev, acc.map_generic(desired, EVENT_MAPPING) or acc.EVENT_ALL_ACCESS)
+            return st.STATUS_SUCCESS, process.handles.insert(make(), access)
         except HandleError as e:
-            ob.remove_name(ev)
-            ob.dereference(ev)
             return e.status, 0
-        ob.dereference(ev)
-        return st.STATUS_SUCCESS, handle
-    ev = ke.KEVENT(ev_type, initial)
     try:
-        handle = process.handles.insert(ev, acc.map_generic(desired, EVENT_MAPPING) or acc.EVENT_ALL_ACCESS)
-    except HandleError as e:
+        path = _event_path(name)
+    except NtException as e:
         return e.status, 0
+    ns = system.get().namespace
+    try:
+        existing, _ = ns.lookup(path, parse=False)
+    except ObjectError:
+        existing = None
+    if existing is not None:
+        if existing.type_name != kind.type_name:
+            return st.STATUS_OBJECT_TYPE_MISMATCH, 0
+        status, handle = _open(process, existing, desired)
+        return (st.STATUS_OBJECT_NAME_EXISTS if status == st.STATUS_SUCCESS else status), handle
+    obj = make()
+    obj.security = se.SecurityDescriptor(owner_uid=process.uid, group_gid=process.gid,
+                                         dacl=[se.Ace(True, acc.GENERIC_ALL, f"U:{process.uid}"),
+                                               se.Ace(True, acc.GENERIC_ALL, "BA")])
+    ob.reference(obj)
+    try:
+        ns.insert(path, obj)
+    except ObjectError as e:
+        ob.dereference(obj)
+        if e.status == st.STATUS_OBJECT_NAME_COLLISION:  # lost a race: open theirs
+            return _create(process, kind, name, desired, make)
+        return e.status, 0
+    try:
+        handle = process.handles.insert(obj, access)
+    except HandleError as e:
+        ob.remove_name(obj)
+        ob.dereference(obj)
+        return e.status, 0
+    ob.dereference(obj)
     return st.STATUS_SUCCESS, handle
 
 
-def _open(process, ev, desired: int) -> tuple[int, int]:
+def _open(process, obj, desired: int) -> tuple[int, int]:
+    kind = _KIND_OF[obj.type_name]
     try:
-        granted = se.access_check(ev.security, process, desired or acc.EVENT_ALL_ACCESS, EVENT_MAPPING)
+        granted = se.access_check(obj.security, process, desired or kind.all_access, kind.mapping)
     except se.AccessDenied:
         return st.STATUS_ACCESS_DENIED, 0
     try:
-        return st.STATUS_SUCCESS, process.handles.insert(ev, granted)
+        return st.STATUS_SUCCESS, process.handles.insert(obj, granted)
     except HandleError as e:
         return e.status, 0
 
 
 def open_event(process, name: str, desired: int) -> tuple[int, int]:
+    return _open_named(process, _EVENT, name, desired)
+
+
+def _open_named(process, kind: _Kind, name: str, desired: int) -> tuple[int, int]:
     try:
-        ev, _ = system.get().namespace.lookup(_event_path(name), parse=False)
+        obj, _ = system.get().namespace.lookup(_event_path(name), parse=False)
     except ObjectError as e:
         return e.status, 0
     except NtException as e:
         return e.status, 0
-    if ev.type_name != "Event":
+    if obj.type_name != kind.type_name:
         return st.STATUS_OBJECT_TYPE_MISMATCH, 0
-    return _open(process, ev, desired)
+    return _open(process, obj, desired)
+
+
+# -- mutants (NtCreateMutant & co.): owned by a program's thread -------------------
+
+_user_mutants: "weakref.WeakSet[ke.KMUTEX]" = weakref.WeakSet()   # for abandonment, as KTHREAD's mutant list
+
+
+def _owner(process) -> tuple[int, int]:
+    """The owner a program's thread is to the dispatcher, as wait_for_handles names it."""
+    return (process.pid, current.program_thread)
+
+
+def create_mutant(process, initial_owner: bool, name: str | None, desired: int) -> tuple[int, int]:
+    """NtCreateMutant: (status, handle).  `initial_owner` makes the calling
+    thread its owner, only if the mutant is created here (as CreateMutex)."""
+    def make():
+        m = ke.KMUTEX()
+        if initial_owner:
+            m.signal_state, m.OwnerThread = 0, _owner(process)
+        _user_mutants.add(m)
+        return m
+    return _create(process, _MUTANT, name, desired, make)
+
+
+def open_mutant(process, name: str, desired: int) -> tuple[int, int]:
+    return _open_named(process, _MUTANT, name, desired)
+
+
+def release_mutant(process, handle: int) -> tuple[int, int]:
+    """NtReleaseMutant: (status, previous count).  Only the owning thread may
+    release it (STATUS_MUTANT_NOT_OWNED otherwise); any handle to it will do."""
+    status, e = _entry_of(process, handle, "Mutant")
+    if e is None:
+        return status, 0
+    try:
+        return st.STATUS_SUCCESS, ke.release_mutant(e.obj, _owner(process))
+    except ke.MutexNotOwned:
+        return st.STATUS_MUTANT_NOT_OWNED, 0
+
+
+def abandon_mutants_of_exited_threads(processes) -> int:
+    """Abandon the mutants whose owning thread has exited while its program
+    lives on, as NT does at thread exit (the thread watch calls this)."""
+    if not _user_mutants:
+        return 0
+    watched = {p.pid for p in processes if p.tids_here and not p.exiting and not p.is_system}
+
+    def exited(owner) -> bool:
+        pid, tid = owner
+        return (pid in watched and os.path.isdir(f"/proc/{pid}/task")
+                and not os.path.exists(f"/proc/{pid}/task/{tid}"))
+    return abandon_mutants(exited)
+
+
+def abandon_mutants(owned_by) -> int:
+    """Abandon the program mutants whose owner `owned_by((pid, tid))` says is
+    gone: the next thread to get one is told WAIT_ABANDONED.  How many."""
+    gone = [m for m in list(_user_mutants) if isinstance(m.OwnerThread, tuple) and owned_by(m.OwnerThread)]
+    for m in gone:
+        ke.release_owned_mutexes(m.OwnerThread, [m])
+    return len(gone)
+
+
+def _entry_of(process, handle: int, type_name: str):
+    """(STATUS_SUCCESS, the handle's entry), or (the error, None) for a bad
+    handle or one to another type of object."""
+    try:
+        e = process.handles.get(handle)
+    except HandleError as err:
+        return err.status, None
+    if e.obj.type_name != type_name:
+        return st.STATUS_OBJECT_TYPE_MISMATCH, None
+    return st.STATUS_SUCCESS, e
 
 
 def event_op(process, handle: int, op: int) -> tuple[int, int]:
     """SET/RESET/PULSE/QUERY: (status, previous state)."""
-    try:
-        e = process.handles.get(handle)
-    except HandleError as err:
-        return err.status, 0
-    if e.obj.type_name != "Event":
-        return st.STATUS_OBJECT_TYPE_MISMATCH, 0
+    status, e = _entry_of(process, handle, "Event")
+    if e is None:
+        return status, 0
     need = acc.EVENT_QUERY_STATE if op == 3 else acc.EVENT_MODIFY_STATE
     if not e.access & need:
         return st.STATUS_ACCESS_DENIED, 0
