@@ -131,7 +131,20 @@ def _open_named(process, kind: _Kind, name: str, desired: int) -> tuple[int, int
 
 # -- mutants (NtCreateMutant & co.): owned by a program's thread -------------------
 
-_user_mutants: "weakref.WeakSet[ke.KMUTEX]" = weakref.WeakSet()   # for abandonment, as KTHREAD's mutant list
+# The program mutants that have had an owner since the thread watch last
+# looked (KTHREAD's mutant list, for abandonment): the watch only looks at
+# these, so a program holding many free mutexes costs it nothing.
+_owned: "weakref.WeakSet[KMUTANT]" = weakref.WeakSet()
+
+
+class KMUTANT(ke.KMUTEX):
+    """A program's mutex: its owner is a program thread, (pid, tid)."""
+
+    __slots__ = ()
+
+    def _consume(self, thread) -> None:      # (the dispatcher's lock held)
+        super()._consume(thread)
+        _owned.add(self)
 
 
 def _owner(process) -> tuple[int, int]:
@@ -143,10 +156,10 @@ def create_mutant(process, initial_owner: bool, name: str | None, desired: int) 
     """NtCreateMutant: (status, handle).  `initial_owner` makes the calling
     thread its owner, only if the mutant is created here (as CreateMutex)."""
     def make():
-        m = ke.KMUTEX()
+        m = KMUTANT()
         if initial_owner:
             m.signal_state, m.OwnerThread = 0, _owner(process)
-        _user_mutants.add(m)
+            _owned.add(m)
         return m
     return _create(process, _MUTANT, name, desired, make)
 
@@ -170,7 +183,7 @@ def release_mutant(process, handle: int) -> tuple[int, int]:
 def abandon_mutants_of_exited_threads(processes) -> int:
     """Abandon the mutants whose owning thread has exited while its program
     lives on, as NT does at thread exit (the thread watch calls this)."""
-    if not _user_mutants:
+    if not _owned:
         return 0
     watched = {p.pid for p in processes if p.tids_here and not p.exiting and not p.is_system}
 
@@ -184,9 +197,17 @@ def abandon_mutants_of_exited_threads(processes) -> int:
 def abandon_mutants(owned_by) -> int:
     """Abandon the program mutants whose owner `owned_by((pid, tid))` says is
     gone: the next thread to get one is told WAIT_ABANDONED.  How many."""
-    gone = [m for m in list(_user_mutants) if isinstance(m.OwnerThread, tuple) and owned_by(m.OwnerThread)]
-    for m in gone:
-        ke.release_owned_mutexes(m.OwnerThread, [m])
+    gone = []
+    for m in list(_owned):
+        owner = m.OwnerThread
+        if owner is None:
+            _owned.discard(m)       # released since (a wait that takes it adds it again)
+            if m.OwnerThread is not None:
+                _owned.add(m)       # taken meanwhile, and added before the discard
+        elif owned_by(owner):
+            gone.append((owner, m))
+    for owner, m in gone:
+        ke.release_owned_mutexes(owner, [m])
     return len(gone)
 
 
