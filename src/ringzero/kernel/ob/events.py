@@ -204,7 +204,7 @@ def abandon_mutants(owned_by) -> int:
             _owned.discard(m)       # released since (a wait that takes it adds it again)
             if m.OwnerThread is not None:
                 _owned.add(m)       # taken meanwhile, and added before the discard
-        elif owned_by(owner):
+        elif type(owner) is tuple and owned_by(owner):     # (a driver's thread may own one too)
             gone.append((owner, m))
     for owner, m in gone:
         ke.release_owned_mutexes(owner, [m])
