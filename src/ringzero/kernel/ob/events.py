@@ -10,6 +10,7 @@ with their last handle.
 from __future__ import annotations
 
 import os
+import threading
 import weakref
 
 from ringzero.kernel import system
@@ -135,6 +136,7 @@ def _open_named(process, kind: _Kind, name: str, desired: int) -> tuple[int, int
 # looked (KTHREAD's mutant list, for abandonment): the watch only looks at
 # these, so a program holding many free mutexes costs it nothing.
 _owned: "weakref.WeakSet[KMUTANT]" = weakref.WeakSet()
+_owned_lock = threading.Lock()      # (taken inside the dispatcher's lock, never around it)
 
 
 class KMUTANT(ke.KMUTEX):
@@ -144,7 +146,8 @@ class KMUTANT(ke.KMUTEX):
 
     def _consume(self, thread) -> None:      # (the dispatcher's lock held)
         super()._consume(thread)
-        _owned.add(self)
+        with _owned_lock:
+            _owned.add(self)
 
 
 def _owner(process) -> tuple[int, int]:
@@ -159,7 +162,8 @@ def create_mutant(process, initial_owner: bool, name: str | None, desired: int) 
         m = KMUTANT()
         if initial_owner:
             m.signal_state, m.OwnerThread = 0, _owner(process)
-            _owned.add(m)
+            with _owned_lock:
+                _owned.add(m)
         return m
     return _create(process, _MUTANT, name, desired, make)
 
@@ -198,12 +202,15 @@ def abandon_mutants(owned_by) -> int:
     """Abandon the program mutants whose owner `owned_by((pid, tid))` says is
     gone: the next thread to get one is told WAIT_ABANDONED.  How many."""
     gone = []
-    for m in list(_owned):
+    with _owned_lock:
+        owned = list(_owned)
+    for m in owned:
         owner = m.OwnerThread
         if owner is None:
-            _owned.discard(m)       # released since (a wait that takes it adds it again)
-            if m.OwnerThread is not None:
-                _owned.add(m)       # taken meanwhile, and added before the discard
+            with _owned_lock:
+                _owned.discard(m)       # released since (a wait that takes it adds it again)
+                if m.OwnerThread is not None:
+                    _owned.add(m)       # taken meanwhile, and added before the discard
         elif type(owner) is tuple and owned_by(owner):     # (a driver's thread may own one too)
             gone.append((owner, m))
     for owner, m in gone:
