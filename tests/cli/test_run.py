@@ -96,13 +96,13 @@ def test_sigterm_reaches_the_program(tmp_path):
     try:
         assert p.stdout.readline().strip() == "ready"
         p.terminate()
-        out, _ = p.communicate(timeout=30)
+        out, err = p.communicate(timeout=60)
     finally:
         if p.poll() is None:
             p.kill()
             p.communicate()
-    assert out.strip() == "program got SIGTERM"
-    assert p.returncode == 5
+    assert out.strip() == "program got SIGTERM", err
+    assert p.returncode == 5, err
 
 
 def test_verbose_prints_the_debug_log_of_the_kernel_started_for_it(tmp_path):

@@ -64,9 +64,22 @@ def run(loads, module, verbose, program) -> None:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (PYWIN32_PATH, env.get("PYTHONPATH")) if p)
     cmd = [sys.executable, *(("-m", module) if module is not None else ()), *program]
+    # SIGTERM and SIGHUP go on to the program, so that it ends before the kernel
+    # it uses; one that comes while it is being started is passed on once it is
+    started: list = []
+    early: list[int] = []
+
+    def forward(signum, _frame):
+        if started:
+            started[0].send_signal(signum)
+        else:
+            early.append(signum)
+    for forwarded in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(forwarded, forward)
     child = subprocess.Popen(cmd, env=env)
-    for forwarded in (signal.SIGTERM, signal.SIGHUP):     # so the program ends before the kernel it uses
-        signal.signal(forwarded, lambda signum, _frame: child.send_signal(signum))
+    started.append(child)
+    for signum in early:
+        child.send_signal(signum)
     while True:
         try:
             code = child.wait()
