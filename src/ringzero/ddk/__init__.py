@@ -63,7 +63,7 @@ from ringzero.kernel.mm.pool import (PAGE_SIZE, ExAllocatePool, ExAllocatePool2,
 from ringzero.kernel.mm.user import (AccessViolation, ExRaiseStatus, NtException, ProbeForRead, ProbeForWrite,
                                      RtlCompareMemory, RtlCopyMemory, RtlFillMemory, RtlMoveMemory, RtlZeroMemory,
                                      UserAddress)
-from ringzero.kernel.ob.events import (ExEventObjectType, ExSemaphoreObjectType, IoFileObjectType,
+from ringzero.kernel.ob.events import (ExEventObjectType, ExMutantObjectType, ExSemaphoreObjectType, IoFileObjectType,
                                        OBJECT_HANDLE_INFORMATION, ObDereferenceObject, ObfDereferenceObject,
                                        ObReferenceObject, ObReferenceObjectByHandle, PsProcessType)
 from ringzero.kernel.mm.physical import MmGetPhysicalAddress, PhysicalAddressUnavailable

@@ -332,6 +332,7 @@ ExEventObjectType = _ObjectType("Event")
 IoFileObjectType = _ObjectType("File")
 PsProcessType = _ObjectType("Process")
 ExSemaphoreObjectType = _ObjectType("Semaphore")
+ExMutantObjectType = _ObjectType("Mutant")
 
 
 def ObReferenceObjectByHandle(Handle, DesiredAccess: int, ObjectType=None, AccessMode: int = 0, *rest):
@@ -355,7 +356,8 @@ def ObReferenceObjectByHandle(Handle, DesiredAccess: int, ObjectType=None, Acces
     if ObjectType is not None and obj.type_name != getattr(ObjectType, "name", ObjectType):
         return st.STATUS_OBJECT_TYPE_MISMATCH, None, None
     if AccessMode == 1:
-        mapping = EVENT_MAPPING if obj.type_name == "Event" else acc.FILE_GENERIC_MAPPING
+        kind = _KIND_OF.get(obj.type_name)
+        mapping = kind.mapping if kind is not None else acc.FILE_GENERIC_MAPPING
         want = acc.map_generic(DesiredAccess, mapping)
         if want & ~e.access:
             return st.STATUS_ACCESS_DENIED, None, None
