@@ -22,27 +22,39 @@ def role_command(module: str, role: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, "--role", role, *args]
 
 
+def start_role(cmd: list[str], pass_fds=()) -> subprocess.Popen:
+    """Start a benchmark process with this tree's src first on its path, and
+    wait until it says "ready" (release() lets it go)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (os.path.join(ROOT, "src"), ROOT, env.get("PYTHONPATH")) if p)
+    p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env,
+                         pass_fds=pass_fds)
+    line = p.stdout.readline()
+    if line.strip() != "ready":
+        p.kill()
+        p.wait()
+        raise RuntimeError(f"{' '.join(cmd)} did not start (said {line!r})")
+    return p
+
+
+def release(p: subprocess.Popen) -> None:
+    p.stdin.write("go\n")
+    p.stdin.flush()
+
+
 def run_pair(writer: list[str], reader: list[str], pass_fds=(), timeout: float = 300.0,
              watch=None) -> tuple[dict, dict]:
     """Start `reader` then `writer`; each prints "ready", waits for a line on
     stdin, runs, and prints one JSON line.  Both are released together.  With
     `watch`, `watch(writer_pid, reader_pid)` is called as they are released and
     returns a callable called once both have finished."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (os.path.join(ROOT, "src"), ROOT, env.get("PYTHONPATH")) if p)
     procs = []
     try:
         for cmd in (reader, writer):
-            p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env,
-                                 pass_fds=pass_fds)
-            procs.append(p)
-            line = p.stdout.readline()
-            if line.strip() != "ready":
-                raise RuntimeError(f"{' '.join(cmd)} did not start (said {line!r})")
+            procs.append(start_role(cmd, pass_fds))
         done = watch(procs[1].pid, procs[0].pid) if watch is not None else None
         for p in procs:
-            p.stdin.write("go\n")
-            p.stdin.flush()
+            release(p)
         results = []
         try:
             for p in procs:

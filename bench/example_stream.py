@@ -31,7 +31,7 @@ import subprocess
 import sys
 import threading
 
-from bench._common import ROOT, gbps, now, ready_then_wait, report, role_command, run_pair, spread
+from bench._common import gbps, now, ready_then_wait, release, report, role_command, run_pair, spread, start_role
 
 MODULE = "bench.example_stream"
 PIPE = "\\\\.\\Example\\Bench"
@@ -373,35 +373,30 @@ def run_relay(total: int, chunk: int) -> float:
     """The bare relay between a writer and a reader (see the module's docstring)."""
     from ringzero.protocol import ring as rings
     fds = []
-    for name in ("writer", "reader"):
-        fd = os.memfd_create(f"rz-bench-relay-{name}")
-        os.ftruncate(fd, rings.region_size(_RELAY_RING))
-        with mmap.mmap(fd, rings.region_size(_RELAY_RING)) as m:
-            rings.init_region(memoryview(m), _RELAY_RING)
-        fds.append(fd)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (os.path.join(ROOT, "src"), ROOT,
-                                                                  os.environ.get("PYTHONPATH")) if p))
-    mediator = subprocess.Popen(role_command(MODULE, "relay", str(fds[0]), str(fds[1]), str(total), str(chunk)),
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env,
-                                pass_fds=fds)
     try:
-        if mediator.stdout.readline().strip() != "ready":
-            raise RuntimeError("the relay did not start")
-        mediator.stdin.write("go\n")
-        mediator.stdin.flush()
+        for name in ("writer", "reader"):
+            fds.append(os.memfd_create(f"rz-bench-relay-{name}"))
+            os.ftruncate(fds[-1], rings.region_size(_RELAY_RING))
+            with mmap.mmap(fds[-1], rings.region_size(_RELAY_RING)) as m:
+                rings.init_region(memoryview(m), _RELAY_RING)
+        mediator = start_role(role_command(MODULE, "relay", str(fds[0]), str(fds[1]), str(total), str(chunk)), fds)
         try:
-            w, r = run_pair(role_command(MODULE, "relay-writer", str(fds[0]), str(total), str(chunk)),
-                            role_command(MODULE, "relay-reader", str(fds[1]), str(total), str(chunk)),
-                            pass_fds=fds, timeout=120, watch=_ended_with(mediator))
-        except RuntimeError:
-            if mediator.poll():
-                raise RuntimeError(f"the relay failed (code {mediator.returncode}; its traceback is above)") from None
-            raise
-        mediator.communicate(timeout=60)
+            release(mediator)
+            try:
+                w, r = run_pair(role_command(MODULE, "relay-writer", str(fds[0]), str(total), str(chunk)),
+                                role_command(MODULE, "relay-reader", str(fds[1]), str(total), str(chunk)),
+                                pass_fds=fds, timeout=120, watch=_ended_with(mediator))
+            except RuntimeError:
+                if mediator.poll():
+                    raise RuntimeError(f"the relay failed (code {mediator.returncode}; its traceback is above)") \
+                        from None
+                raise
+            mediator.communicate(timeout=60)
+        finally:
+            if mediator.poll() is None:
+                mediator.kill()
+                mediator.wait()
     finally:
-        if mediator.poll() is None:
-            mediator.kill()
-            mediator.wait()
         for fd in fds:
             os.close(fd)
     if r["bytes"] != total:

@@ -55,9 +55,10 @@ def run(loads, module, verbose, program) -> None:
             if not os.path.isfile(image):
                 raise click.ClickException(f"no driver file {image}")
             image = os.path.abspath(image)      # the kernel imports it from its own working directory
+        service = paths.service_name(image)
         try:
-            if client.ensure_driver(paths.service_name(image), image):
-                _note(f"loaded {image} as {paths.service_name(image)}")
+            if client.ensure_driver(service, image):
+                _note(f"loaded {image} as {service}")
         except (client.CallFailed, client.KernelNotRunning, client.KernelGone) as e:
             raise click.ClickException(f"loading {image} failed: {e}") from None
     client.disconnect()

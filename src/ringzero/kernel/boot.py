@@ -16,6 +16,7 @@ from ringzero.kernel.io import driver as iodriver
 from ringzero.kernel.io import file as iofile
 from ringzero.kernel.ke import timer
 from ringzero.kernel.mm import pool
+from ringzero.kernel.ob import events as obev
 
 log = logging.getLogger("ringzero.kernel")
 
@@ -44,7 +45,8 @@ class Kernel:
         for image in loads:
             _calls.load_driver(paths.service_name(image), image)
         self.host.start_background()
-        self.thread_watch = iofile.ThreadWatch(self.system.system_process, self.system.processes).start()
+        self.thread_watch = iofile.ThreadWatch(self.system.system_process, self.system.processes,
+                                               also=(obev.abandon_mutants_of_exited_threads,)).start()
 
     def _boot_services(self) -> None:
         try:

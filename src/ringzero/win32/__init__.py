@@ -10,5 +10,3 @@ them unchanged.
 import os
 
 PYWIN32_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pywin32")
-PYWIN32_MODULES = ("win32file", "win32event", "win32service", "win32api", "win32con", "winioctlcon", "winerror",
-                   "pywintypes")

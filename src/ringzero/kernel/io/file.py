@@ -9,7 +9,6 @@ object, and the program's reply.
 
 from __future__ import annotations
 
-import os
 import threading
 
 from ringzero.kernel import dbg, system, verifier
@@ -19,10 +18,10 @@ from ringzero.kernel.io.objects import DEVICE_OBJECT, FILE_OBJECT, IO_SECURITY_C
 from ringzero.kernel.ke import dispatcher as ke
 from ringzero.kernel.mm.mdl import mdl_for_buffer
 from ringzero.kernel.mm.user import AccessViolation, NtException, UserAddress, read_into, write_from
-from ringzero.kernel.ob import events as obev
 from ringzero.kernel.ob import object as ob
 from ringzero.kernel.ob.handles import HandleError, release_entry
 from ringzero.kernel.ob.namespace import ObjectError, dos_to_nt
+from ringzero.kernel.ps import procinfo
 from ringzero.kernel.se import security as se
 from ringzero.nt import access as acc
 from ringzero.nt import ioctl as ioc
@@ -819,11 +818,11 @@ def cancel_exited_threads(processes) -> int:
             for irp in proc.pending:
                 if irp.tid:
                     by_thread.setdefault(irp.tid, []).append(irp)
-        if not by_thread or not proc.tids_here or not os.path.isdir(f"/proc/{proc.pid}/task"):
-            continue      # (a process that is gone is its rundown's)
+        if not by_thread or not proc.tids_here:
+            continue
         for tid, irps in by_thread.items():
-            if os.path.exists(f"/proc/{proc.pid}/task/{tid}"):
-                continue
+            if not procinfo.thread_exited(proc.pid, tid):
+                continue      # (a process that is gone is its rundown's)
             for irp in irps:
                 IoCancelIrp(irp)
             cancelled += len(irps)
@@ -831,12 +830,15 @@ def cancel_exited_threads(processes) -> int:
 
 
 class ThreadWatch:
-    """The system thread that runs cancel_exited_threads, at PASSIVE_LEVEL in the
-    system process, as NT's exiting thread does (cancel routines may wait)."""
+    """The system thread that runs what NT's exiting thread does for the
+    threads of programs that have ended (cancel_exited_threads, and the
+    callables in `also`, each given the processes), at PASSIVE_LEVEL in the
+    system process (cancel routines may wait)."""
 
-    def __init__(self, system_process, processes):
+    def __init__(self, system_process, processes, also=()):
         self.system_process = system_process
         self.processes = processes        # the live table: pid -> EPROCESS
+        self.checks = (cancel_exited_threads, *also)
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._run, name="ringzero-threadwatch", daemon=True)
 
@@ -853,7 +855,7 @@ class ThreadWatch:
         while not self.stopped.wait(THREAD_CHECK_SECONDS):
             try:
                 processes = list(self.processes.values())
-                cancel_exited_threads(processes)
-                obev.abandon_mutants_of_exited_threads(processes)
+                for check in self.checks:
+                    check(processes)
             except Exception as e:  # a bug of ours must not end the watch
                 dbg.fault("thread watch", e)

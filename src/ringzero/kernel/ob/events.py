@@ -9,7 +9,6 @@ with their last handle.
 
 from __future__ import annotations
 
-import os
 import threading
 import weakref
 
@@ -20,6 +19,7 @@ from ringzero.kernel.mm.user import NtException
 from ringzero.kernel.ob import object as ob
 from ringzero.kernel.ob.handles import HandleError
 from ringzero.kernel.ob.namespace import ObjectError
+from ringzero.kernel.ps import procinfo
 from ringzero.kernel.se import security as se
 from ringzero.nt import access as acc
 from ringzero.nt import status as st
@@ -29,7 +29,7 @@ BASE = "\\BaseNamedObjects\\"
 MAX_NAME = 260
 
 
-def _event_path(name: str) -> str:
+def _named_path(name: str) -> str:
     if not name or len(name) > MAX_NAME or "\\" in name.removeprefix("Global\\").removeprefix("Local\\"):
         raise NtException(st.STATUS_OBJECT_NAME_INVALID, f"invalid event name {name!r}")
     return BASE + name.removeprefix("Global\\").removeprefix("Local\\")
@@ -67,7 +67,7 @@ def _create(process, kind: _Kind, name: str | None, desired: int, make) -> tuple
         except HandleError as e:
             return e.status, 0
     try:
-        path = _event_path(name)
+        path = _named_path(name)
     except NtException as e:
         return e.status, 0
     ns = system.get().namespace
@@ -120,7 +120,7 @@ def open_event(process, name: str, desired: int) -> tuple[int, int]:
 
 def _open_named(process, kind: _Kind, name: str, desired: int) -> tuple[int, int]:
     try:
-        obj, _ = system.get().namespace.lookup(_event_path(name), parse=False)
+        obj, _ = system.get().namespace.lookup(_named_path(name), parse=False)
     except ObjectError as e:
         return e.status, 0
     except NtException as e:
@@ -191,11 +191,7 @@ def abandon_mutants_of_exited_threads(processes) -> int:
         return 0
     watched = {p.pid for p in processes if p.tids_here and not p.exiting and not p.is_system}
 
-    def exited(owner) -> bool:
-        pid, tid = owner
-        return (pid in watched and os.path.isdir(f"/proc/{pid}/task")
-                and not os.path.exists(f"/proc/{pid}/task/{tid}"))
-    return abandon_mutants(exited)
+    return abandon_mutants(lambda owner: owner[0] in watched and procinfo.thread_exited(*owner))
 
 
 def abandon_mutants(owned_by) -> int:

@@ -160,3 +160,10 @@ def credentials(pid: int) -> tuple[int, int] | None:
         return int(uid[0]), int(gid[0])
     except ValueError:
         return None
+
+
+def thread_exited(pid: int, tid: int) -> bool:
+    """Whether thread `tid` of the live process `pid` has ended: the process
+    still has its task directory and the thread's task is gone from it (a
+    process that is gone altogether is not this question's)."""
+    return os.path.isdir(f"/proc/{pid}/task") and not os.path.exists(f"/proc/{pid}/task/{tid}")
