@@ -97,6 +97,23 @@ def test_mutex_is_owned_and_recursive():
     assert out == [st.STATUS_WAIT_0]
 
 
+def test_an_abandoned_mutex_is_reported_to_its_next_owner_once():
+    m = ke.KMUTEX()
+    t = threading.Thread(target=lambda: ke.KeWaitForMutexObject(m, Timeout=TIMEOUT_0))
+    t.start()
+    t.join(10)
+    ke.release_owned_mutexes(t.ident, [m])        # its owner went away holding it
+    assert ke.KeWaitForMutexObject(m, Timeout=TIMEOUT_0) == st.STATUS_ABANDONED_WAIT_0
+    assert m.OwnerThread == threading.get_ident()
+    assert ke.KeWaitForMutexObject(m, Timeout=TIMEOUT_0) == st.STATUS_WAIT_0   # recursive, no longer abandoned
+    ke.KeReleaseMutex(m)
+    ke.KeReleaseMutex(m)
+    assert ke.KeReadStateMutex(m) == 1
+    t, out = waiter([m], seconds=5)                  # the general path agrees
+    settle([t])
+    assert out == [st.STATUS_WAIT_0]
+
+
 def test_releasing_a_mutex_not_owned_is_a_named_error():
     m = ke.KMUTEX()
     with pytest.raises(ke.MutexNotOwned, match="THREAD_NOT_MUTEX_OWNER"):

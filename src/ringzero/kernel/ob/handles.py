@@ -31,6 +31,7 @@ class HandleEntry:
 class HandleTable:
     def __init__(self, limit: int = 1 << 24):
         self._entries: dict[int, HandleEntry] = {}
+        self.lookup = self._entries.get      # handle -> its entry, or None (get() without the exception)
         self._next = 4
         self._lock = threading.Lock()
         self.limit = limit
