@@ -4,13 +4,12 @@ timed on the system-wide monotonic clock, and medians with their spread."""
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from bench import ROOT
 
 
 def now() -> float:
@@ -23,12 +22,9 @@ def role_command(module: str, role: str, *args: str) -> list[str]:
 
 
 def start_role(cmd: list[str], pass_fds=()) -> subprocess.Popen:
-    """Start a benchmark process with this tree's src first on its path, and
-    wait until it says "ready" (release() lets it go)."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (os.path.join(ROOT, "src"), ROOT, env.get("PYTHONPATH")) if p)
-    p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env,
-                         pass_fds=pass_fds)
+    """Start a benchmark process (it runs this tree: see bench/__init__.py),
+    and wait until it says "ready" (release() lets it go)."""
+    p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT, pass_fds=pass_fds)
     line = p.stdout.readline()
     if line.strip() != "ready":
         p.kill()

@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from bench import ROOT
 IOCTL_ECHO = 0x222000
 IOCTL_SIGNAL = 0x222014
 MSG = b"x" * 16
@@ -54,10 +54,8 @@ class Kernel:
     def __init__(self):
         self.dir = tempfile.mkdtemp(prefix="ringzero-bench-")
         self.socket = os.path.join(self.dir, "k.sock")
-        env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "src"))
         self.proc = subprocess.Popen([sys.executable, "-m", "ringzero.kernel", "--socket", self.socket, "--state",
-                                      os.path.join(self.dir, "state"), "--load", "ringzero.drivers.echo", "--quiet"],
-                                     env=env)
+                                      os.path.join(self.dir, "state"), "--load", "ringzero.drivers.echo", "--quiet"])
         from ringzero import client
         deadline = time.monotonic() + 20
         while not client.kernel_running(self.socket):
@@ -407,9 +405,8 @@ def run(quick: bool = False, runs: int = 5, only: set | None = None, as_json: bo
 
         if want("stream"):
             with console.status("Example-pipe streaming..."):
-                env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.join(ROOT, "src"), ROOT]))
                 args = ["--runs", str(runs), "--mib", "16" if quick else "512", "--json"]
-                r = subprocess.run([sys.executable, "-m", "bench.example_stream", *args], cwd=ROOT, env=env,
+                r = subprocess.run([sys.executable, "-m", "bench.example_stream", *args], cwd=ROOT,
                                    capture_output=True, text=True, timeout=1800)
             if r.returncode == 0:
                 results["example_stream"] = json.loads(r.stdout.strip().splitlines()[-1])
