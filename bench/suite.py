@@ -421,6 +421,18 @@ def run(quick: bool = False, runs: int = 5, only: set | None = None, as_json: bo
                                   f"of which the Example pipe makes {x['relay_ratio']:.3f}")
             else:
                 console.print(f"4. Example pipe streaming failed:\n{r.stderr[-2000:]}")
+            with console.status("the kernel's own work per chunk..."):
+                rounds = 20 if quick else 300
+                args = ["--rounds", str(rounds), "--json"]
+                r = subprocess.run([sys.executable, "-m", "bench.kernel_path", *args], cwd=ROOT,
+                                   capture_output=True, text=True, timeout=600)
+            if r.returncode == 0:
+                x = results["kernel_path"] = json.loads(r.stdout.strip().splitlines()[-1])
+                console.print(f"   the kernel's own work for one 64 KiB write and one read, in one process: "
+                              f"[bold]{x['kernel_us']:.1f} µs[/bold], the bare relay's {x['relay_us']:.1f} µs: "
+                              f"{x['ratio']:.2f}x (best of {rounds} rounds; steadier than the rates above)")
+            else:
+                console.print(f"   the kernel-path measurement failed:\n{r.stderr[-2000:]}")
 
         if want("scale"):
             with console.status("8 programs at once..."):
