@@ -337,6 +337,48 @@ def test_outstanding_request_quota(tmp_path, monkeypatch):
         k.stop()
 
 
+def test_open_handles_count_against_the_programs_quota(tmp_path, monkeypatch):
+    """Each open handle is charged what it costs the kernel, as NT charges an
+    object's pool quota to the process that opens it: handles cannot hold the
+    kernel's memory past a program's quota either.  Closing gives it back, and
+    another program's quota is its own."""
+    from ringzero.kernel.ob.handles import HANDLE_CHARGE
+    k = _quota_kernel(tmp_path, monkeypatch, "--max-io-memory", "64K")
+    try:
+        def open_():
+            return win32file.CreateFile(r"\\.\Recorder", win32con.GENERIC_READ, 0, None, win32con.OPEN_EXISTING, 0,
+                                        None)
+        hs = []
+        with pytest.raises(pywintypes.error) as e:
+            while len(hs) < 1000:
+                hs.append(open_())
+        assert e.value.winerror == winerror.ERROR_NOT_ENOUGH_QUOTA
+        assert len(hs) == (64 << 10) // HANDLE_CHARGE
+        with pytest.raises(pywintypes.error) as e:
+            win32event.CreateEvent(None, True, False, None)
+        assert e.value.winerror == winerror.ERROR_NOT_ENOUGH_QUOTA
+        with pytest.raises(pywintypes.error) as e:     # a request's IRP is charged to the same quota
+            win32file.DeviceIoControl(hs[0], R.IOCTL_COUNTS, None, 16)
+        assert e.value.winerror == winerror.ERROR_NOT_ENOUGH_QUOTA
+        for _ in range(3):
+            hs.pop().Close()                        # the quota comes back
+        c, cl, clo, _ = struct.unpack("<IIII", win32file.DeviceIoControl(hs[0], R.IOCTL_COUNTS, None, 16))
+        assert (c, cl, clo) == (len(hs) + 4, 4, 4)   # the refused open got its cleanup and close, as any does
+        hs.append(open_())
+        k.run("""
+            from ringzero.win32 import win32file, win32con
+            hs = [win32file.CreateFile(r"\\\\.\\Recorder", win32con.GENERIC_READ, 0, None, win32con.OPEN_EXISTING,
+                                       0, None) for _ in range(32)]
+        """)
+        for h in hs:
+            h.Close()
+        ev = win32event.CreateEvent(None, True, False, None)
+        ev.Close()
+        others_carry_on(k)
+    finally:
+        k.stop()
+
+
 def test_an_outstanding_requests_charge_covers_what_it_costs_the_kernel(tmp_path, monkeypatch):
     """Each outstanding request is charged IRP_CHARGE besides its buffers; the
     kernel's memory grows by no more than that for each (its RSS over 20 000
@@ -418,7 +460,8 @@ def test_pending_requests_hold_no_more_system_buffers_than_the_programs_quota(tm
                 assert win32file.ReadFile(h, 1, pywintypes.OVERLAPPED())[0] == winerror.ERROR_IO_PENDING
                 count += 1
         assert e.value.winerror == winerror.ERROR_NOT_ENOUGH_QUOTA
-        assert count == (1 << 20) // (1 + IRP_CHARGE)
+        from ringzero.kernel.ob.handles import HANDLE_CHARGE
+        assert count == ((1 << 20) - HANDLE_CHARGE) // (1 + IRP_CHARGE)     # (h is charged too)
         win32file.CancelIo(h)
         h.Close()
         others_carry_on(k)

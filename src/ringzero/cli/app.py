@@ -48,16 +48,18 @@ class _Size(click.ParamType):
 @click.option("--fault-limit", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
               help="Mark a driver faulted (no new opens) after N faults in its routines; 0: never.")
 @click.option("--max-handles", type=click.IntRange(min=1), default=1 << 20, show_default=True, metavar="N",
-              help="Handles one program may hold; beyond it, STATUS_INSUFFICIENT_RESOURCES.  A handle to a file "
-                   "costs the kernel about 0.9 KiB with its file object.")
+              help="Handles one program may hold; beyond it, STATUS_INSUFFICIENT_RESOURCES.  Each open handle is "
+                   "also charged 1 KiB to the program's quota (--max-io-memory), about what a handle to a file "
+                   "costs the kernel with its file object.")
 @click.option("--max-pending", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
               help="Requests one program may have outstanding in drivers; 0: no limit.")
 @click.option("--max-pool", type=_Size(), default=None, metavar="SIZE",
               help="Pool the drivers may have allocated at once (bytes, or 512M, 2G...); past it "
                    "ExAllocatePool returns NULL.  [default: a quarter of this machine's memory]")
 @click.option("--max-io-memory", type=_Size(), default=None, metavar="SIZE",
-              help="Pool (IRPs and system buffers) one program's outstanding requests may hold at once (its quota); "
-                   "past it a request fails with ERROR_NOT_ENOUGH_QUOTA.  [default: 256M]")
+              help="One program's quota: the pool its outstanding requests (IRPs and system buffers) and its open "
+                   "handles may hold at once; past it a request or an open fails with ERROR_NOT_ENOUGH_QUOTA.  "
+                   "[default: 256M]")
 # default: boot.PRIORITY_BOOST, named here so that `ringzero` need not import the kernel (a test checks)
 @click.option("--priority-boost", type=click.IntRange(0, 39), default=10, show_default=True, metavar="N",
               help="Run N nice levels above the programs, when permitted (root or CAP_SYS_NICE; otherwise it says "

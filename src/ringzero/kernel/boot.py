@@ -17,6 +17,7 @@ from ringzero.kernel.io import file as iofile
 from ringzero.kernel.ke import timer
 from ringzero.kernel.mm import pool
 from ringzero.kernel.ob import events as obev
+from ringzero.kernel.ps import process
 
 log = logging.getLogger("ringzero.kernel")
 
@@ -140,7 +141,7 @@ def run(socket_path: str | None, loads: list[str], state_dir: str | None, verbos
     if max_pool is not None:
         pool.limit = max_pool
     if max_io_memory is not None:
-        iofile.io_quota = max_io_memory
+        process.quota = max_io_memory
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s", stream=sys.stderr)
     if priority_note and not quiet:
         print(f"ringzero kernel: {priority_note}", file=sys.stderr, flush=True)

@@ -42,13 +42,8 @@ _KIND_BUFFERED, _KIND_DIRECT, _KIND_NEITHER, _KIND_CREATE, _KIND_INTERNAL, _KIND
 # quota-charged pool allocation failing): no reply can carry more anyway.
 MAX_SYSTEM_BUFFER = 16 * 1024 * 1024
 
-# The pool one program's outstanding requests may hold at once, as NT charges
-# a request's IRP and its system buffers to the process's pool quota: pending
-# reads and writes cannot grow the kernel without bound.  Past it a request
-# fails with STATUS_QUOTA_EXCEEDED (ERROR_NOT_ENOUGH_QUOTA).
-# `ringzero kernel --max-io-memory`.
-io_quota = 256 * 1024 * 1024
-# What an outstanding request costs this kernel besides its buffers, as NT
+# An outstanding request's IRP and system buffers are charged to its process's
+# quota (ps/process.py).  What it costs this kernel besides its buffers, as NT
 # charges sizeof(IRP) and its stack locations (0xD0 + 0x48 on x64): the IRP,
 # its stack location, the reply and the bookkeeping, measured at about 1.3 KiB
 # a pending read (the kernel's RSS over 20 000 of them; a test checks it stays
@@ -116,9 +111,8 @@ def _send(irp: IRP) -> None:
     if proc is not None:
         charge = irp.io_charge
         with proc.lock:
-            over = charge and not proc.is_system and proc.io_charged + charge > io_quota
+            over = charge and not proc.charge_locked(charge)
             if not over:
-                proc.io_charged += charge
                 proc.pending.add(irp)
         if over:
             # the quota-charged allocation failing at issue: no driver sees the request

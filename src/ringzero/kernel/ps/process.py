@@ -14,6 +14,15 @@ from ringzero.kernel.ob.handles import HandleTable
 from ringzero.kernel.ob.object import ObjectHeader
 
 
+# The pool one program may hold at once, as NT charges its pool quota: the IRPs
+# and system buffers of its outstanding requests (io/file.py) and its open
+# handles with their objects (ob/handles.py), so that neither pending requests
+# nor handles grow the kernel without bound.  Past it a request or an open
+# fails with STATUS_QUOTA_EXCEEDED (ERROR_NOT_ENOUGH_QUOTA).  The system
+# process is not charged.  `ringzero kernel --max-io-memory`.
+quota = 256 * 1024 * 1024
+
+
 class EPROCESS(ObjectHeader):
     type_name = "Process"
 
@@ -26,9 +35,10 @@ class EPROCESS(ObjectHeader):
         self.image = image
         self.start_time = start_time
         self.is_system = system
-        self.handles = HandleTable(handle_limit)
+        self.handles = HandleTable(handle_limit, charge=None if system else self.charge)
         self.pending: set = set()
-        self.io_charged = 0        # bytes its outstanding requests hold, IRPs and system buffers (file.py's quota)
+        self.io_charged = 0        # bytes of its quota in use: outstanding requests' and open handles'
+
         self.views: dict[int, object] = {}
         self.lock = threading.Lock()
         self.exiting = False
@@ -36,6 +46,18 @@ class EPROCESS(ObjectHeader):
         self.tids_here = False     # its requests' thread ids name tasks in our pid namespace (file.py; set at HELLO)
         self.lock_waits = 0        # its requests waiting for a file object's lock (file.py)
         self.counters = {"requests": 0}
+
+    def charge_locked(self, n: int) -> bool:
+        """Charge `n` bytes to this process's quota (a negative `n` gives them
+        back); False, nothing charged, if that would pass it.  `lock` held."""
+        if n > 0 and not self.is_system and self.io_charged + n > quota:
+            return False
+        self.io_charged += n
+        return True
+
+    def charge(self, n: int) -> bool:
+        with self.lock:
+            return self.charge_locked(n)
 
     @property
     def pid(self) -> int:
