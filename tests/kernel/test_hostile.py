@@ -273,12 +273,23 @@ def _quota_kernel(tmp_path, monkeypatch, *args):
     return start_kernel(tmp_path, monkeypatch, loads=[RECORDER], extra_args=args)
 
 
+def _open_recorder():
+    return win32file.CreateFile(r"\\.\Recorder", win32con.GENERIC_READ, 0, None, win32con.OPEN_EXISTING, 0, None)
+
+
+def _another_program_opens(k, count: int) -> None:
+    """Another program opens `count` handles to the Recorder: its quota and limits are its own."""
+    k.run(f"""
+        from ringzero.win32 import win32file, win32con
+        hs = [win32file.CreateFile(r"\\\\.\\Recorder", win32con.GENERIC_READ, 0, None, win32con.OPEN_EXISTING,
+                                   0, None) for _ in range({count})]
+    """)
+
+
 def test_handle_quota(tmp_path, monkeypatch):
     k = _quota_kernel(tmp_path, monkeypatch, "--max-handles", "4")
     try:
-        def open_():
-            return win32file.CreateFile(r"\\.\Recorder", win32con.GENERIC_READ, 0, None, win32con.OPEN_EXISTING, 0,
-                                        None)
+        open_ = _open_recorder
         hs = [open_() for _ in range(4)]
         with pytest.raises(pywintypes.error) as e:
             open_()
@@ -291,12 +302,7 @@ def test_handle_quota(tmp_path, monkeypatch):
         assert (c, cl, clo) == (5, 1, 1)
         hs.pop().Close()
         hs.append(open_())
-        # another program has a quota of its own
-        k.run("""
-            from ringzero.win32 import win32file, win32con
-            hs = [win32file.CreateFile(r"\\\\.\\Recorder", win32con.GENERIC_READ, 0, None, win32con.OPEN_EXISTING,
-                                       0, None) for _ in range(4)]
-        """)
+        _another_program_opens(k, 4)
         for h in hs:
             h.Close()
     finally:
@@ -345,9 +351,7 @@ def test_open_handles_count_against_the_programs_quota(tmp_path, monkeypatch):
     from ringzero.kernel.ob.handles import HANDLE_CHARGE
     k = _quota_kernel(tmp_path, monkeypatch, "--max-io-memory", "64K")
     try:
-        def open_():
-            return win32file.CreateFile(r"\\.\Recorder", win32con.GENERIC_READ, 0, None, win32con.OPEN_EXISTING, 0,
-                                        None)
+        open_ = _open_recorder
         hs = []
         with pytest.raises(pywintypes.error) as e:
             while len(hs) < 1000:
@@ -365,11 +369,7 @@ def test_open_handles_count_against_the_programs_quota(tmp_path, monkeypatch):
         c, cl, clo, _ = struct.unpack("<IIII", win32file.DeviceIoControl(hs[0], R.IOCTL_COUNTS, None, 16))
         assert (c, cl, clo) == (len(hs) + 4, 4, 4)   # the refused open got its cleanup and close, as any does
         hs.append(open_())
-        k.run("""
-            from ringzero.win32 import win32file, win32con
-            hs = [win32file.CreateFile(r"\\\\.\\Recorder", win32con.GENERIC_READ, 0, None, win32con.OPEN_EXISTING,
-                                       0, None) for _ in range(32)]
-        """)
+        _another_program_opens(k, 32)
         for h in hs:
             h.Close()
         ev = win32event.CreateEvent(None, True, False, None)
