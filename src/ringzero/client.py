@@ -313,6 +313,8 @@ class Connection:
                 pass
             if self._drain_ring():
                 ring.set_flag(0)
+                if time.perf_counter() - start < SPIN_SECONDS:
+                    self._spin_misses = 0     # it came as soon as a spin would have caught it
                 return
         try:
             ready = self._poll.poll(None if timeout is None else int(timeout * 1000))
