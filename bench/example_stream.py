@@ -181,34 +181,45 @@ def _next_frame(ring):
         yield_cpu()
 
 
+def relay_send(req, resp, block) -> None:
+    """A relay program's write: the chunk into the request ring, then the relay's ack."""
+    while not req.put(_frame_head(_DATA_KIND, len(block)), block):
+        os.sched_yield()
+    _next_frame(resp)          # the ack: the relay has stored the chunk
+    resp.advance()
+
+
+def relay_receive(req, resp, ask: bytes, buf: bytearray, header_size: int) -> int:
+    """A relay program's read: ask for a chunk, copy the answer into `buf`; its size."""
+    while not req.put(ask):
+        os.sched_yield()
+    view = _next_frame(resp)
+    n = len(view) - header_size
+    buf[:n] = view[header_size:]
+    resp.advance()
+    return n
+
+
+def relay_ask(chunk: int) -> bytes:
+    return _frame_head(_ASK_KIND, 4) + struct.pack("<I", chunk)
+
+
 def relay_writer(fd: int, total: int, chunk: int) -> None:
     os.sched_setaffinity(0, _relay_cpus()[1])
     req, resp = _relay_rings(fd, "program")
-
-    def send(block):
-        while not req.put(_frame_head(_DATA_KIND, len(block)), block):
-            os.sched_yield()
-        _next_frame(resp)          # the ack: the relay has stored the chunk
-        resp.advance()
-    _write_chunks(total, chunk, send)
+    _write_chunks(total, chunk, lambda block: relay_send(req, resp, block))
 
 
 def relay_reader(fd: int, total: int, chunk: int) -> None:
     from ringzero.protocol.wire import HEADER_SIZE
     os.sched_setaffinity(0, _relay_cpus()[1])
     req, resp = _relay_rings(fd, "program")
-    ask = _frame_head(_ASK_KIND, 4) + struct.pack("<I", chunk)
+    ask = relay_ask(chunk)
     buf = bytearray(chunk)
     ready_then_wait()
     got = reads = 0
     while got < total:
-        while not req.put(ask):
-            os.sched_yield()
-        view = _next_frame(resp)
-        n = len(view) - HEADER_SIZE
-        buf[:n] = view[HEADER_SIZE:]
-        resp.advance()
-        got += n
+        got += relay_receive(req, resp, ask, buf, HEADER_SIZE)
         reads += 1
     report({"t1": now(), "bytes": got, "reads": reads})
 

@@ -8,10 +8,14 @@ through the I/O manager and the Example driver (fast I/O, as the stream's
 synchronous handles get it), answered into a response ring.  The benchmark
 plays the program's side of the rings itself, outside the timing.  The peer is
 the bare relay's step (bench.example_stream.Relay) on the same frames: the
-kernel's four copies of the chunk and nothing else.  Both run in this process,
-in alternate rounds, with the garbage collector off; the best round is the
-cost with the least interference, and its ratio is what the NT machinery
-costs on top of the copies.
+kernel's four copies of the chunk and nothing else.  Then the programs' part:
+a WriteFile and a ReadFile of CHUNK bytes through the pywin32 layer and the
+client library, their requests answered as soon as they are put in the ring
+by a stub whose own time is taken out; its peer is the bare relay's programs
+(bench.example_stream.relay_send and relay_receive) answered by the same stub.
+Everything runs in this process, in alternate rounds, with the garbage
+collector off; the best round is the cost with the least interference, and
+the ratios are what the NT machinery costs on top of the copies on each side.
 
     PYTHONPATH=src python -m bench.kernel_path [--rounds 100] [--pairs 100]
 """
@@ -116,6 +120,106 @@ class KernelSide:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def _stub_ring(mv: memoryview, answer):
+    """The program's request ring of `mv`, whose every put is answered at
+    once: answer(kernel_req, kernel_resp) takes the frame off and puts the
+    reply.  The answering time is summed in ring.stub_time."""
+    from ringzero.protocol import ring as rings
+
+    class StubRing(rings.Ring):
+        __slots__ = ("stub_time",)
+
+        def put(self, frame, body=b""):
+            ok = rings.Ring.put(self, frame, body)
+            t = time.perf_counter()
+            answer(kreq, kresp)
+            self.stub_time += time.perf_counter() - t
+            return ok
+
+    kreq, kresp = rings.kernel_side(mv, RING)
+    ring = StubRing(mv, RING, rings.HEADER_BYTES, rings.OFF_REQ_HEAD, rings.OFF_REQ_TAIL, producer=True,
+                    flag_off=rings.OFF_REQ_POLLED)
+    ring.stub_time = 0.0
+    kreq.set_flag(1)           # "the kernel polls this ring": the program rings no doorbell
+    return ring, rings.program_side(mv, RING)[1]
+
+
+class ProgramSide:
+    """This process's own connection, its rings replaced by a stubbed pair: a
+    WriteFile and a ReadFile on the KernelSide's handle, answered at once."""
+
+    def __init__(self, kernel: KernelSide, chunk: int):
+        from ringzero import client
+        from ringzero.protocol import wire
+        from ringzero.win32 import win32file
+        K = wire.K
+        reply, reply_size = wire.REPLY_HEAD, wire.REPLY.size
+        data = os.urandom(chunk)
+
+        def answer(kreq, kresp):
+            view = kreq.peek()
+            length, kind, _, _, _, rid = wire.HEADER.unpack_from(view)
+            kreq.advance()
+            if kind == K.WRITE_FILE:
+                kresp.put(reply.pack(reply_size, K.REPLY, 0, 0, 0, rid, 0, length - wire.WRITE.size))
+            else:
+                kresp.put(reply.pack(reply_size + chunk, K.REPLY, 0, 0, 0, rid, 0, chunk), data)
+
+        conn = self.conn = client.connection()
+        conn.req_ring, conn.resp_ring = self.req, _ = _stub_ring(_region(RING), answer)
+        conn.max_ring_body = self.req.max_frame - wire.HEADER_SIZE - client.RING_FIXED_PART
+        conn._resp_efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)    # (a wait never sleeps here)
+        self.handle, self.write, self.read = kernel.handle, win32file.WriteFile, win32file.ReadFile
+        self.data, self.buf, self.chunk = data, win32file.AllocateReadBuffer(chunk), chunk
+
+    def round(self, pairs: int) -> float:
+        h, write, read, data, buf, req, clock = (self.handle, self.write, self.read, self.data, self.buf, self.req,
+                                                 time.perf_counter)
+        req.stub_time = 0.0
+        t = clock()
+        for _ in range(pairs):
+            if write(h, data)[1] != self.chunk or len(read(h, buf)[1]) != self.chunk:
+                raise RuntimeError("a stubbed WriteFile or ReadFile moved less than a chunk")
+        return (clock() - t - req.stub_time) / pairs
+
+
+class RelayProgramsSide:
+    """The bare relay's writer and reader (relay_send, relay_receive) on two
+    stubbed ring pairs, answered at once as the relay would."""
+
+    def __init__(self, chunk: int):
+        from ringzero.protocol.wire import HEADER_SIZE
+        ack, data_head = stream._frame_head(stream._ACK_KIND, 0), stream._frame_head(stream._DATA_KIND, chunk)
+        data = os.urandom(chunk)
+
+        def answer_write(kreq, kresp):
+            kreq.peek()
+            kreq.advance()
+            kresp.put(ack)
+
+        def answer_read(kreq, kresp):
+            kreq.peek()
+            kreq.advance()
+            kresp.put(data_head, data)
+
+        self.wreq, self.wresp = _stub_ring(_region(RING), answer_write)
+        self.rreq, self.rresp = _stub_ring(_region(RING), answer_read)
+        self.ask, self.data, self.buf, self.hs, self.chunk = stream.relay_ask(chunk), data, bytearray(chunk), \
+            HEADER_SIZE, chunk
+
+    def round(self, pairs: int) -> float:
+        send, receive, clock = stream.relay_send, stream.relay_receive, time.perf_counter
+        wreq, wresp, rreq, rresp, ask, data, buf, hs = (self.wreq, self.wresp, self.rreq, self.rresp, self.ask,
+                                                        self.data, self.buf, self.hs)
+        wreq.stub_time = rreq.stub_time = 0.0
+        t = clock()
+        for _ in range(pairs):
+            send(wreq, wresp, data)
+            if receive(rreq, rresp, ask, buf, hs) != self.chunk:
+                raise RuntimeError("a stubbed relay read moved less than a chunk")
+        return (clock() - t - wreq.stub_time - rreq.stub_time) / pairs
+
+
 class RelaySide:
     """The bare relay's step on two ring pairs this benchmark feeds."""
 
@@ -159,30 +263,41 @@ def main(argv=None) -> int:
     if not rings.supported():
         print("the shared-memory rings need x86-64; this machine is " + os.uname().machine, file=sys.stderr)
         return 1
-    k, r = KernelSide(a.chunk), RelaySide(a.chunk)
+    k = KernelSide(a.chunk)
     try:
-        for side in (k, r):
+        sides = {"kernel": k, "relay": RelaySide(a.chunk)}
+        # (the kernel side is set up first: its handle was opened through the connection the stubs now take)
+        sides["programs"], sides["relay_programs"] = ProgramSide(k, a.chunk), RelayProgramsSide(a.chunk)
+        for side in sides.values():
             side.round(a.pairs)          # warm up
-        ks, rs = [], []
+        times = {name: [] for name in sides}
         gc.disable()
         try:
             for _ in range(a.rounds):
-                ks.append(k.round(a.pairs))
-                rs.append(r.round(a.pairs))
+                for name, side in sides.items():
+                    times[name].append(side.round(a.pairs))
         finally:
             gc.enable()
     finally:
         k.close()
-    kb, rb = min(ks) * 1e6, min(rs) * 1e6
-    km, rm = statistics.median(ks) * 1e6, statistics.median(rs) * 1e6
+    best = {name: min(t) * 1e6 for name, t in times.items()}
+    median = {name: statistics.median(t) * 1e6 for name, t in times.items()}
     print(f"one {a.chunk}-byte write and one {a.chunk}-byte read, in this process; "
           f"best (median) of {a.rounds} rounds of {a.pairs} pairs; Python {sys.version.split()[0]}")
-    print(f"ringzero kernel  {kb:6.2f} us  ({km:.2f})   ring in, I/O manager, Example's fast I/O, ring out")
-    print(f"bare relay       {rb:6.2f} us  ({rm:.2f})   the same four copies and nothing else")
-    print(f"ratio            {kb / rb:6.2f}x the bare relay's work")
+    lines = [("ringzero kernel", "kernel", "ring in, I/O manager, Example's fast I/O, ring out"),
+             ("bare relay", "relay", "the same four copies and nothing else"),
+             ("ringzero programs", "programs", "WriteFile + ReadFile, pywin32 layer and client, answered at once"),
+             ("relay programs", "relay_programs", "the relay's writer and reader, answered at once")]
+    for label, name, what in lines:
+        print(f"{label:18s} {best[name]:6.2f} us  ({median[name]:.2f})   {what}")
+    kernel_ratio, program_ratio = best["kernel"] / best["relay"], best["programs"] / best["relay_programs"]
+    print(f"ratios             {kernel_ratio:.2f}x the bare relay's work in the kernel, "
+          f"{program_ratio:.2f}x in the programs")
     if a.json:
-        print(json.dumps({"kernel_us": kb, "kernel_median_us": km, "relay_us": rb, "relay_median_us": rm,
-                          "ratio": kb / rb, "chunk": a.chunk}))
+        print(json.dumps({"kernel_us": best["kernel"], "kernel_median_us": median["kernel"],
+                          "relay_us": best["relay"], "relay_median_us": median["relay"], "ratio": kernel_ratio,
+                          "programs_us": best["programs"], "relay_programs_us": best["relay_programs"],
+                          "programs_ratio": program_ratio, "chunk": a.chunk}))
     return 0
 
 

@@ -428,9 +428,11 @@ def run(quick: bool = False, runs: int = 5, only: set | None = None, as_json: bo
                                    capture_output=True, text=True, timeout=600)
             if r.returncode == 0:
                 x = results["kernel_path"] = json.loads(r.stdout.strip().splitlines()[-1])
-                console.print(f"   the kernel's own work for one 64 KiB write and one read, in one process: "
-                              f"[bold]{x['kernel_us']:.1f} µs[/bold], the bare relay's {x['relay_us']:.1f} µs: "
-                              f"{x['ratio']:.2f}x (best of {rounds} rounds; steadier than the rates above)")
+                console.print(f"   one 64 KiB write and one read, in one process (best of {rounds} rounds; steadier "
+                              f"than the rates above): the kernel's own work [bold]{x['kernel_us']:.1f} µs[/bold], "
+                              f"the bare relay's {x['relay_us']:.1f} µs ({x['ratio']:.2f}x); the programs' "
+                              f"[bold]{x['programs_us']:.1f} µs[/bold], the relay's programs' "
+                              f"{x['relay_programs_us']:.1f} µs ({x['programs_ratio']:.2f}x)")
             else:
                 console.print(f"   the kernel-path measurement failed:\n{r.stderr[-2000:]}")
 

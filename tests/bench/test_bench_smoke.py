@@ -42,5 +42,5 @@ def test_example_stream_smoke():
 def test_kernel_path_smoke():
     # every timed request is answered in full (the benchmark checks each answer's status and size)
     out, text = _run_json("bench.kernel_path", "--rounds", "3", "--pairs", "10")
-    assert out["kernel_us"] > 0 and out["relay_us"] > 0
+    assert out["kernel_us"] > 0 and out["relay_us"] > 0 and out["programs_us"] > 0 and out["relay_programs_us"] > 0
     assert "bare relay" in text
