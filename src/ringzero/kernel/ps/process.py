@@ -38,7 +38,6 @@ class EPROCESS(ObjectHeader):
         self.handles = HandleTable(handle_limit, charge=None if system else self.charge)
         self.pending: set = set()
         self.io_charged = 0        # bytes of its quota in use: outstanding requests' and open handles'
-
         self.views: dict[int, object] = {}
         self.lock = threading.Lock()
         self.exiting = False
