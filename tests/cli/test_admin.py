@@ -51,7 +51,8 @@ def test_handles_lists_a_programs_handles_like_handle_exe(kernel):
         f, e = map(int, holder.stdout.readline().split())
         code, out, _ = rz(kernel, "handles", "--pid", str(holder.pid))
         lines = out.splitlines()
-        assert code == 0 and lines[1].split()[1:] == ["pid:", str(holder.pid), "uid:", str(__import__("os").getuid())]
+        assert code == 0 and lines[1].split()[1:5] == ["pid:", str(holder.pid), "uid:", str(__import__("os").getuid())]
+        assert lines[1].endswith("quota: 2 KiB of 256 MiB used")      # two handles, 1 KiB each
         rows = {int(line.split(":")[0], 16): line.split(":", 1)[1].split() for line in lines[2:-2]}
         assert rows[f][0] == "File" and rows[f][2] == "(RW-)" and rows[f][3] == "\\Device\\Echo"
         assert rows[e][0] == "Event" and rows[e][-1] == "\\BaseNamedObjects\\RzHandlesTest"

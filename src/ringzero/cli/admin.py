@@ -60,14 +60,19 @@ def _letters(access: int, type_name: str) -> str:
                          (("R", acc.FILE_READ_DATA), ("W", acc.FILE_WRITE_DATA), ("D", acc.DELETE))) + ")"
 
 
+def _kib(n: int) -> str:
+    return f"{n / 1024:,.0f} KiB" if n < 1 << 20 or n % (1 << 20) else f"{n >> 20:,} MiB"
+
+
 @main.command()
 @click.option("--pid", type=int, help="Only this program's handles.")
 @json_option
 def handles(pid, as_json) -> None:
     """Open handles of each program, like handle.exe: value, type, granted
     access and name, and for a synchronous file handle whether a request is in
-    progress on it ("busy") and how many more wait for it.  Other users'
-    programs are shown to administrators only."""
+    progress on it ("busy") and how many more wait for it; and how much of the
+    program's quota its handles and outstanding requests hold (--max-io-memory).
+    Other users' programs are shown to administrators only."""
     procs = kernel_call("handles.list", pid=pid)
     if as_json:
         print_json(procs)
@@ -77,7 +82,8 @@ def handles(pid, as_json) -> None:
     for p in procs:
         click.echo("-" * 78)
         click.echo(f"{p['image'] or '?'} pid: {p['pid']} uid: {p['uid']}"
-                   + (f"  ({p['pending_irps']} IRPs pending)" if p.get("pending_irps") else ""))
+                   + (f"  ({p['pending_irps']} IRPs pending)" if p.get("pending_irps") else "")
+                   + f"  quota: {_kib(p['quota_used'])} of {_kib(p['quota'])} used")
         for h in p["handles"]:
             busy = ""
             if h.get("busy"):

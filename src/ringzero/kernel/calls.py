@@ -14,6 +14,7 @@ from ringzero.kernel.ke import timer
 from ringzero.kernel.mm import mdl as mm_mdl
 from ringzero.kernel.mm import pool
 from ringzero.kernel.ob.namespace import Directory, ObjectError, SymbolicLink
+from ringzero.kernel.ps import process
 from ringzero.nt import status as st
 from ringzero.protocol import wire
 
@@ -93,7 +94,8 @@ def _handles(conn, args, rid):
                     row["busy"], row["waiters"] = o.Busy.locked(), o.Waiters
             rows.append(row)
         out.append({"pid": proc.pid, "uid": proc.uid, "image": proc.image, "handles": rows,
-                    "pending_irps": len(proc.pending), "views": len(proc.views)})
+                    "pending_irps": len(proc.pending), "views": len(proc.views),
+                    "quota_used": proc.io_charged, "quota": process.quota})
     return out
 
 
