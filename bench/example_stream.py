@@ -32,6 +32,8 @@ import sys
 import threading
 
 from bench._common import gbps, now, ready_then_wait, release, report, role_command, run_pair, spread, start_role
+from ringzero.protocol import ring as rings     # (importing bench first put this tree's ringzero on the path)
+from ringzero.protocol import wire
 
 MODULE = "bench.example_stream"
 PIPE = "\\\\.\\Example\\Bench"
@@ -161,13 +163,11 @@ def _relay_cpus() -> tuple[set[int], set[int]]:
 
 
 def _relay_rings(fd: int, side: str):
-    from ringzero.protocol import ring as rings
     mv = memoryview(mmap.mmap(fd, rings.region_size(_RELAY_RING)))
     return (rings.program_side if side == "program" else rings.kernel_side)(mv, _RELAY_RING)
 
 
 def _frame_head(kind: int, length: int) -> bytes:
-    from ringzero.protocol import wire
     return wire.HEADER.pack(length, kind, 0, 0, 0, 0)
 
 
@@ -189,13 +189,13 @@ def relay_send(req, resp, block) -> None:
     resp.advance()
 
 
-def relay_receive(req, resp, ask: bytes, buf: bytearray, header_size: int) -> int:
+def relay_receive(req, resp, ask: bytes, buf: bytearray) -> int:
     """A relay program's read: ask for a chunk, copy the answer into `buf`; its size."""
     while not req.put(ask):
         os.sched_yield()
     view = _next_frame(resp)
-    n = len(view) - header_size
-    buf[:n] = view[header_size:]
+    n = len(view) - wire.HEADER_SIZE
+    buf[:n] = view[wire.HEADER_SIZE:]
     resp.advance()
     return n
 
@@ -211,7 +211,6 @@ def relay_writer(fd: int, total: int, chunk: int) -> None:
 
 
 def relay_reader(fd: int, total: int, chunk: int) -> None:
-    from ringzero.protocol.wire import HEADER_SIZE
     os.sched_setaffinity(0, _relay_cpus()[1])
     req, resp = _relay_rings(fd, "program")
     ask = relay_ask(chunk)
@@ -219,7 +218,7 @@ def relay_reader(fd: int, total: int, chunk: int) -> None:
     ready_then_wait()
     got = reads = 0
     while got < total:
-        got += relay_receive(req, resp, ask, buf, HEADER_SIZE)
+        got += relay_receive(req, resp, ask, buf)
         reads += 1
     report({"t1": now(), "bytes": got, "reads": reads})
 
@@ -231,8 +230,6 @@ class Relay:
     the response ring.  `step()` serves what the two request rings hold."""
 
     def __init__(self, wreq, wresp, rreq, rresp):
-        from ringzero.protocol.wire import HEADER_SIZE
-        self.header_size = HEADER_SIZE
         self.wreq, self.wresp, self.rreq, self.rresp = wreq, wresp, rreq, rresp
         self.ack = _frame_head(_ACK_KIND, 0)
         self.store = bytearray(1 << 20)
@@ -241,7 +238,7 @@ class Relay:
     def step(self) -> bool:
         """One look at each request ring; whether there was anything to do."""
         did = False
-        wreq, rreq, store, hs = self.wreq, self.rreq, self.store, self.header_size
+        wreq, rreq, store, hs = self.wreq, self.rreq, self.store, wire.HEADER_SIZE
         size = len(store)
         view = wreq.peek()
         if view is not None and size - self.queued >= len(view) - hs:
@@ -414,7 +411,6 @@ def _ended_with(mediator: subprocess.Popen):
 
 def run_relay(total: int, chunk: int) -> float:
     """The bare relay between a writer and a reader (see the module's docstring)."""
-    from ringzero.protocol import ring as rings
     fds = []
     try:
         for name in ("writer", "reader"):

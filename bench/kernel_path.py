@@ -165,7 +165,7 @@ class ProgramSide:
             else:
                 kresp.put(reply.pack(reply_size + chunk, K.REPLY, 0, 0, 0, rid, 0, chunk), data)
 
-        conn = self.conn = client.connection()
+        conn = client.connection()
         conn.req_ring, conn.resp_ring = self.req, _ = _stub_ring(_region(RING), answer)
         conn.max_ring_body = self.req.max_frame - wire.HEADER_SIZE - client.RING_FIXED_PART
         conn._resp_efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)    # (a wait never sleeps here)
@@ -188,7 +188,6 @@ class RelayProgramsSide:
     stubbed ring pairs, answered at once as the relay would."""
 
     def __init__(self, chunk: int):
-        from ringzero.protocol.wire import HEADER_SIZE
         ack, data_head = stream._frame_head(stream._ACK_KIND, 0), stream._frame_head(stream._DATA_KIND, chunk)
         data = os.urandom(chunk)
 
@@ -204,18 +203,17 @@ class RelayProgramsSide:
 
         self.wreq, self.wresp = _stub_ring(_region(RING), answer_write)
         self.rreq, self.rresp = _stub_ring(_region(RING), answer_read)
-        self.ask, self.data, self.buf, self.hs, self.chunk = stream.relay_ask(chunk), data, bytearray(chunk), \
-            HEADER_SIZE, chunk
+        self.ask, self.data, self.buf, self.chunk = stream.relay_ask(chunk), data, bytearray(chunk), chunk
 
     def round(self, pairs: int) -> float:
         send, receive, clock = stream.relay_send, stream.relay_receive, time.perf_counter
-        wreq, wresp, rreq, rresp, ask, data, buf, hs = (self.wreq, self.wresp, self.rreq, self.rresp, self.ask,
-                                                        self.data, self.buf, self.hs)
+        wreq, wresp, rreq, rresp, ask, data, buf = (self.wreq, self.wresp, self.rreq, self.rresp, self.ask,
+                                                    self.data, self.buf)
         wreq.stub_time = rreq.stub_time = 0.0
         t = clock()
         for _ in range(pairs):
             send(wreq, wresp, data)
-            if receive(rreq, rresp, ask, buf, hs) != self.chunk:
+            if receive(rreq, rresp, ask, buf) != self.chunk:
                 raise RuntimeError("a stubbed relay read moved less than a chunk")
         return (clock() - t - wreq.stub_time - rreq.stub_time) / pairs
 
@@ -231,7 +229,7 @@ class RelaySide:
         self.relay = stream.Relay(*rings.kernel_side(w, RING), *rings.kernel_side(r, RING))
         self.data = os.urandom(chunk)
         self.data_head = stream._frame_head(stream._DATA_KIND, chunk)
-        self.ask = stream._frame_head(stream._ASK_KIND, 4) + struct.pack("<I", chunk)
+        self.ask = stream.relay_ask(chunk)
         self.chunk = chunk
 
     def round(self, pairs: int) -> float:

@@ -343,6 +343,16 @@ def _raise_nofile() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+def _bench_json(module: str, *args: str, timeout: float) -> tuple[dict | None, str]:
+    """Run another benchmark module of this tree with --json: (its last JSON
+    line, or None if it failed; the end of its stderr)."""
+    r = subprocess.run([sys.executable, "-m", module, *args, "--json"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=timeout)
+    if r.returncode != 0:
+        return None, r.stderr[-2000:]
+    return json.loads(r.stdout.strip().splitlines()[-1]), ""
+
+
 # -- the table ---------------------------------------------------------------------------
 
 def run(quick: bool = False, runs: int = 5, only: set | None = None, as_json: bool = False) -> dict:
@@ -405,12 +415,10 @@ def run(quick: bool = False, runs: int = 5, only: set | None = None, as_json: bo
 
         if want("stream"):
             with console.status("Example-pipe streaming..."):
-                args = ["--runs", str(runs), "--mib", "16" if quick else "512", "--json"]
-                r = subprocess.run([sys.executable, "-m", "bench.example_stream", *args], cwd=ROOT,
-                                   capture_output=True, text=True, timeout=1800)
-            if r.returncode == 0:
-                results["example_stream"] = json.loads(r.stdout.strip().splitlines()[-1])
-                x = results["example_stream"]
+                x, err = _bench_json("bench.example_stream", "--runs", str(runs), "--mib", "16" if quick else "512",
+                                     timeout=1800)
+            if x is not None:
+                results["example_stream"] = x
                 console.print(f"4. Example pipe streaming, 64 KiB chunks: [bold]{x['example_gbps']:.2f} GB/s[/bold] "
                               f"({x['example_min']:.2f}..{x['example_max']:.2f}) vs a raw Unix-socket stream "
                               f"{x['socket_gbps']:.2f} GB/s ({x['socket_min']:.2f}..{x['socket_max']:.2f}): "
@@ -420,21 +428,19 @@ def run(quick: bool = False, runs: int = 5, only: set | None = None, as_json: bo
                                   f"{x['relay_gbps']:.2f} GB/s ({x['relay_min']:.2f}..{x['relay_max']:.2f}), "
                                   f"of which the Example pipe makes {x['relay_ratio']:.3f}")
             else:
-                console.print(f"4. Example pipe streaming failed:\n{r.stderr[-2000:]}")
+                console.print(f"4. Example pipe streaming failed:\n{err}")
             with console.status("the kernel's own work per chunk..."):
                 rounds = 20 if quick else 300
-                args = ["--rounds", str(rounds), "--json"]
-                r = subprocess.run([sys.executable, "-m", "bench.kernel_path", *args], cwd=ROOT,
-                                   capture_output=True, text=True, timeout=600)
-            if r.returncode == 0:
-                x = results["kernel_path"] = json.loads(r.stdout.strip().splitlines()[-1])
+                x, err = _bench_json("bench.kernel_path", "--rounds", str(rounds), timeout=600)
+            if x is not None:
+                results["kernel_path"] = x
                 console.print(f"   one 64 KiB write and one read, in one process (best of {rounds} rounds; steadier "
                               f"than the rates above): the kernel's own work [bold]{x['kernel_us']:.1f} µs[/bold], "
                               f"the bare relay's {x['relay_us']:.1f} µs ({x['ratio']:.2f}x); the programs' "
                               f"[bold]{x['programs_us']:.1f} µs[/bold], the relay's programs' "
                               f"{x['relay_programs_us']:.1f} µs ({x['programs_ratio']:.2f}x)")
             else:
-                console.print(f"   the kernel-path measurement failed:\n{r.stderr[-2000:]}")
+                console.print(f"   the kernel-path measurement failed:\n{err}")
 
         if want("scale"):
             with console.status("8 programs at once..."):

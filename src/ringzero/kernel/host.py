@@ -49,10 +49,6 @@ RUNDOWN_CANCEL_WAIT = 5.0
 _UPCALL_RID = itertools.count(1 << 62)
 _HINT = wire.HEADER.pack(0, K.SOCKET_HINT, 0, 0, 0, 0)
 _ANC_SPACE = socket.CMSG_SPACE(wire.MAX_FDS * 4)
-_REPLY_HEAD = wire.REPLY_HEAD
-_REPLY_SIZE = wire.REPLY.size
-_REPLY = K.REPLY
-_USER_BUFFER = wire.FLAG_USER_BUFFER
 _IRP_KINDS = frozenset((K.DEVICE_IO_CONTROL, K.READ_FILE, K.WRITE_FILE, K.CREATE_FILE))
 
 calls: dict[str, object] = {}   # CALL method name -> fn(conn, args) -> result
@@ -84,8 +80,7 @@ class _Req(iofile.Reply):
 
     def complete(self, irp, status, information, data):
         conn = self.conn
-        head = _REPLY_HEAD.pack(_REPLY_SIZE + len(data), _REPLY, 0, 0, 0, self.rid, status & 0xFFFFFFFF,
-                                information)     # (wire.reply_head, without the call)
+        head = wire.reply_head(self.rid, status, information, len(data))
         lock = conn.send_lock
         lock.acquire()
         try:
@@ -361,9 +356,8 @@ class ProgramConnection:
         try:
             proc = self._admit(K.READ_FILE, rid, tid)
             if proc is not None:
-                user_buffer = bool(flags & _USER_BUFFER) and self._user_buffer(flags)
                 iofile.read_file(proc, h, length, offset, addr, event, _Req(self, rid), rid, tid,
-                                 bool(flags & wire.FLAG_OVERLAPPED), user_buffer)
+                                 bool(flags & wire.FLAG_OVERLAPPED), self._user_buffer(flags))
         except Exception as e:
             self._failed(K.READ_FILE, rid, e)
 

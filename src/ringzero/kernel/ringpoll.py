@@ -40,7 +40,6 @@ CPU_SECONDS = 200e-6      # how often to tell the hot rings' programs which CPU 
 KEEP_OFF_PER_CPU = 2      # busy programs per other CPU up to which they are asked to keep off this thread's
 _CPUS = len(os.sched_getaffinity(0))
 MAX_BATCH = 64
-_fence_acquire, _fence_release = rings.fence_lock.acquire, rings.fence_lock.release
 SWITCH_INTERVAL = 50e-6   # let a spinning thread hand over the interpreter quickly
 MAX_SPARE = 16            # parked threads kept for the next handoff
 
@@ -72,10 +71,8 @@ class Channel:
 
     def ring_doorbell(self) -> None:
         """After a response is put: wake the program if it said it sleeps (ring.py)."""
-        _fence_acquire()        # rings.fence(), inline: this runs for every reply
-        _fence_release()
-        resp = self.resp
-        if resp.ctl[resp.flag_i]:
+        rings.fence()
+        if self.resp.flag():
             os.eventfd_write(self.resp_efd, 1)
 
     def close(self) -> None:

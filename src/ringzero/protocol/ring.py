@@ -78,14 +78,14 @@ _LENGTH_KIND = struct.Struct("<IH")      # the start of a frame's header
 
 
 _KERNEL_CPU_I = OFF_KERNEL_CPU // 8
-fence_lock = threading.Lock()     # fence() is its acquire and release
+_fence_lock = threading.Lock()
 
 
 def fence() -> None:
     """A full memory barrier (see the module's docstring): a store before it is
     seen by the other side before a load after it is made."""
-    fence_lock.acquire()
-    fence_lock.release()
+    _fence_lock.acquire()
+    _fence_lock.release()
 
 
 def _cpu_getter():
@@ -247,8 +247,7 @@ class Ring:
 
     def advance(self) -> None:
         """Done with the frame `peek` returned: its room goes back to the producer."""
-        pos = self.pos = self._next           # (_advance, inline: once per frame on either side)
-        self.ctl[self.tail_i] = pos
+        self._advance(self._next)
 
     def get(self) -> bytes | None:
         """The next frame's bytes (a private copy), or None when the ring is empty."""

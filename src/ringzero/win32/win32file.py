@@ -63,6 +63,8 @@ def _address_of(buf) -> int:
 
 
 def _writable(buf) -> bool:
+    if type(buf) is bytearray:
+        return True           # (AllocateReadBuffer's: no view to make)
     try:
         return not memoryview(buf).readonly
     except TypeError:
@@ -83,12 +85,12 @@ def _data_address(data) -> tuple[int, object]:
     only if they are in no buffer ctypes can point at."""
     if type(data) is bytes:
         return id(data) + _BYTES_DATA, data    # the bytes object's own storage, alive while `data` is
-    if type(data) is bytearray and data:
-        owner = ctypes.c_char.from_buffer(data)   # (AllocateReadBuffer's: no view to make first)
-        return ctypes.addressof(owner), owner
-    mv = memoryview(data).cast("B")
-    if mv.readonly:
-        return _data_address(bytes(mv))
+    if type(data) is bytearray:
+        mv = data                               # (AllocateReadBuffer's: no view to make first)
+    else:
+        mv = memoryview(data).cast("B")
+        if mv.readonly:
+            return _data_address(bytes(mv))
     owner = ctypes.c_char.from_buffer(mv)
     return ctypes.addressof(owner), owner
 
@@ -171,7 +173,7 @@ def ReadFile(hFile, buffer, overlapped=None):
         size, target, as_bytes = buffer, bytearray(buffer), True
     else:
         size, target, as_bytes = len(buffer), buffer, False
-        if type(target) is not bytearray and not _writable(target):
+        if not _writable(target):
             raise TypeError("ReadFile needs a writable buffer (use AllocateReadBuffer)")
     offset = -1
     event = 0

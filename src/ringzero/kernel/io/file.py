@@ -580,22 +580,26 @@ _FAST_READ_TAKEN = (st.STATUS_SUCCESS, st.STATUS_BUFFER_OVERFLOW, st.STATUS_END_
 _FAST_WRITE_TAKEN = (st.STATUS_SUCCESS,)
 
 
-def _fast_io(fo: FILE_OBJECT, name: str, offset: int, length: int, buf, taken: tuple):
-    """NtReadFile's and NtWriteFile's fast I/O: the FAST_IO_DISPATCH routine
-    `name` of the driver at the top of `fo`'s stack, called as they call it:
-    Wait TRUE, in the caller's context, the file object referenced meanwhile.
-    Only for a file object opened for synchronous I/O whose PrivateCacheMap its
-    driver set (the caller checks).  Its IO_STATUS_BLOCK if it did the request
-    with a status in `taken`, None if there is no such routine or the request
-    is to go as an IRP.  A routine that raises has failed the request (it may
-    have done part of it): the fault is reported as a dispatch routine's is,
-    and its status is the answer."""
-    dev = fo.DeviceObject.top_of_stack()
-    driver = dev.DriverObject
-    routine = getattr(driver.FastIoDispatch, name, None)
-    if routine is None:
+def _fast_routine(fo: FILE_OBJECT, name: str):
+    """(the FAST_IO_DISPATCH routine `name` NtReadFile/NtWriteFile would call
+    for `fo`, its device), or None: only for a file object opened for
+    synchronous I/O whose PrivateCacheMap its driver set."""
+    if fo.PrivateCacheMap is None or not fo.synchronous:
         return None
+    dev = fo.DeviceObject.top_of_stack()
+    routine = getattr(dev.DriverObject.FastIoDispatch, name, None)
+    return (routine, dev) if routine is not None else None
+
+
+def _fast_io(routine, fo: FILE_OBJECT, dev: DEVICE_OBJECT, offset: int, length: int, buf, taken: tuple):
+    """Call a fast I/O routine as NtReadFile/NtWriteFile do: Wait TRUE, in the
+    caller's context, the file object referenced meanwhile.  Its IO_STATUS_BLOCK
+    if it did the request with a status in `taken`, None if the request is to
+    go as an IRP.  A routine that raises has failed the request (it may have
+    done part of it): the fault is reported as a dispatch routine's is, and its
+    status is the answer."""
     iosb = IO_STATUS_BLOCK()
+    driver = dev.DriverObject
     ctx = current
     saved_driver, irql = ctx.driver, ctx.irql
     ctx.driver = driver
@@ -637,8 +641,7 @@ def read_file(process, handle: int, length: int, offset: int, buf_addr: int, eve
         return
     sent = False
     try:
-        if fo.PrivateCacheMap is not None and fo.synchronous and _read_fast(
-                process, fo, length, offset, buf_addr, user_buffer, ev, reply):
+        if _read_fast(process, fo, length, offset, buf_addr, user_buffer, ev, reply):
             return
         irp = _new_irp(fo, IRP_MJ_READ, process, reply, rid, tid, overlapped)
         irp.file_locked = locked
@@ -662,14 +665,18 @@ def _read_fast(process, fo: FILE_OBJECT, length: int, offset: int, buf_addr: int
                reply: Reply) -> bool:
     """The driver's FastIoRead, if it has one for `fo` and does this read:
     then the read is answered here (True)."""
+    fast = _fast_routine(fo, "FastIoRead")
+    if fast is None:
+        return False
+    routine, dev = fast
     buf = bytearray(length)
-    iosb = _fast_io(fo, "FastIoRead", offset, length, buf, _FAST_READ_TAKEN)
+    iosb = _fast_io(routine, fo, dev, offset, length, buf, _FAST_READ_TAKEN)
     if iosb is None:
         return False
     status, info = iosb.Status & 0xFFFFFFFF, iosb.Information
     if info > length:
         verifier.violation(verifier.INFORMATION_TOO_LARGE, f"Information {info} > buffer {length}",
-                           driver=fo.DeviceObject.top_of_stack().DriverObject, raise_it=False)
+                           driver=dev.DriverObject, raise_it=False)
         info = length
     data = b""
     if status >= 0xC0000000:
@@ -715,8 +722,9 @@ def write_file(process, handle: int, data, offset: int, buf_addr: int, event: in
         return
     sent = False
     try:
-        if fo.PrivateCacheMap is not None and fo.synchronous:
-            iosb = _fast_io(fo, "FastIoWrite", offset, len(buf), buf, _FAST_WRITE_TAKEN)
+        fast = _fast_routine(fo, "FastIoWrite")
+        if fast is not None:
+            iosb = _fast_io(fast[0], fo, fast[1], offset, len(buf), buf, _FAST_WRITE_TAKEN)
             if iosb is not None:
                 status = iosb.Status & 0xFFFFFFFF
                 _answer(reply, None, ev, status, iosb.Information if status < 0xC0000000 else 0, b"")

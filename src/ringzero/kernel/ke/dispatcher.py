@@ -476,21 +476,6 @@ def _check_irql(seconds: float | None, routine: str) -> None:
 
 
 def KeWaitForSingleObject(Object, WaitReason: int = 0, WaitMode: int = 0, Alertable: bool = False, Timeout=None) -> int:
-    if type(Object) is KMUTEX and current.irql < DISPATCH_LEVEL:
-        # a driver's lock around its own data, free or already ours: taken here
-        # as _take_at_once would (no method calls; the mutex is the hot case)
-        me = threading.get_ident()
-        _lock.acquire()
-        try:
-            if Object.signal_state > 0 or Object.OwnerThread == me:
-                Object.signal_state -= 1
-                Object.OwnerThread = me
-                if Object.Abandoned:
-                    Object.Abandoned = False
-                    return st.STATUS_ABANDONED_WAIT_0
-                return st.STATUS_WAIT_0
-        finally:
-            _lock.release()
     obj = _dispatcher_of(Object)
     if current.irql < DISPATCH_LEVEL:
         # the common case, a mutex that is free or already ours, an event that

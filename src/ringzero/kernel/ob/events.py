@@ -31,7 +31,7 @@ MAX_NAME = 260
 
 def _named_path(name: str) -> str:
     if not name or len(name) > MAX_NAME or "\\" in name.removeprefix("Global\\").removeprefix("Local\\"):
-        raise NtException(st.STATUS_OBJECT_NAME_INVALID, f"invalid event name {name!r}")
+        raise NtException(st.STATUS_OBJECT_NAME_INVALID, f"invalid object name {name!r}")
     return BASE + name.removeprefix("Global\\").removeprefix("Local\\")
 
 

@@ -36,9 +36,9 @@ HANDLE_CHARGE = 1024
 
 class HandleTable:
     """`charge(n) -> bool` charges n bytes to the owner's quota (negative: gives
-    them back); None for a table nobody charges (the system process's)."""
+    them back; the owner decides who is exempt)."""
 
-    def __init__(self, limit: int = 1 << 24, charge=None):
+    def __init__(self, charge, limit: int = 1 << 24):
         self.charge = charge
         self._entries: dict[int, HandleEntry] = {}
         self.lookup = self._entries.get      # handle -> its entry, or None (get() without the exception)
@@ -57,13 +57,12 @@ class HandleTable:
                 raise HandleError(st.STATUS_PROCESS_IS_TERMINATING, "the process is exiting")
             if len(self._entries) >= self.limit:
                 raise HandleError(st.STATUS_INSUFFICIENT_RESOURCES, f"handle quota of {self.limit} reached")
-            if self.charge is not None and not self.charge(HANDLE_CHARGE):
+            if not self.charge(HANDLE_CHARGE):
                 raise HandleError(st.STATUS_QUOTA_EXCEEDED, "the process's quota is used up")
             try:
                 ob.reference(obj)
             except BaseException:
-                if self.charge is not None:
-                    self.charge(-HANDLE_CHARGE)
+                self.charge(-HANDLE_CHARGE)
                 raise
             h = self._next
             self._next += 4
@@ -83,8 +82,7 @@ class HandleTable:
             e = self._entries.pop(handle, None)
         if e is None:
             raise HandleError(st.STATUS_INVALID_HANDLE, f"{handle:#x} is not an open handle of this process")
-        if self.charge is not None:
-            self.charge(-HANDLE_CHARGE)
+        self.charge(-HANDLE_CHARGE)
         return e
 
     def drain(self) -> list[tuple[int, HandleEntry]]:
@@ -93,7 +91,7 @@ class HandleTable:
             self.closed = True
             items = sorted(self._entries.items(), reverse=True)
             self._entries.clear()
-        if self.charge is not None and items:
+        if items:
             self.charge(-HANDLE_CHARGE * len(items))
         return items
 

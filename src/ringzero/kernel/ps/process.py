@@ -35,7 +35,7 @@ class EPROCESS(ObjectHeader):
         self.image = image
         self.start_time = start_time
         self.is_system = system
-        self.handles = HandleTable(handle_limit, charge=None if system else self.charge)
+        self.handles = HandleTable(self.charge, handle_limit)
         self.pending: set = set()
         self.io_charged = 0        # bytes of its quota in use: outstanding requests' and open handles'
         self.views: dict[int, object] = {}
