@@ -5,7 +5,7 @@ doing blocking writes, and a reader process, whose handle does blocking
 reads, reads them back, through a kernel started for the benchmark; then the
 same bytes go between two Python processes over a Unix stream socket, and
 through a bare relay: a third Python process that moves the frames between
-two pairs of the same shared-memory rings, making the kernel's four copies of
+two pairs of the same shared-memory rings, making the kernel's three copies of
 each chunk and nothing else (no handles, no I/O manager, no driver, no
 pywin32 layer; every side spins, and the relay has a CPU of its own), the
 ceiling for any kernel written in Python between two programs.  Each is run
@@ -226,13 +226,15 @@ def relay_reader(fd: int, total: int, chunk: int) -> None:
 class Relay:
     """The bare relay's work: store each write's data in a ring buffer and
     answer each read from it, copying as ringzero's kernel does: out of the
-    request ring, into the buffer, out of it into a zeroed read buffer, into
-    the response ring.  `step()` serves what the two request rings hold."""
+    request ring into the buffer (fast I/O gets the write where it lies), out
+    of it into the read's buffer (kept from one read to the next), and that
+    into the response ring.  `step()` serves what the two request rings hold."""
 
     def __init__(self, wreq, wresp, rreq, rresp):
         self.wreq, self.wresp, self.rreq, self.rresp = wreq, wresp, rreq, rresp
         self.ack = _frame_head(_ACK_KIND, 0)
-        self.store = bytearray(1 << 20)
+        self.store = memoryview(bytearray(1 << 20))
+        self.out = bytearray(0)
         self.head = self.queued = self.moved = 0     # where the oldest queued byte is, how many are queued, moved
 
     def step(self) -> bool:
@@ -242,13 +244,13 @@ class Relay:
         size = len(store)
         view = wreq.peek()
         if view is not None and size - self.queued >= len(view) - hs:
-            data = bytearray(view[hs:])      # the system buffer
-            wreq.advance()
+            data = view[hs:]
             n = len(data)
             at = (self.head + self.queued) % size
             first = min(n, size - at)
             store[at:at + first] = data[:first]
             store[:n - first] = data[first:]
+            wreq.advance()
             self.queued += n
             self.wresp.put(self.ack)
             did = True
@@ -258,7 +260,9 @@ class Relay:
             rreq.advance()
             head = self.head
             n = min(want, self.queued)
-            out = bytearray(n)                           # the read's buffer
+            if len(self.out) != n:
+                self.out = bytearray(n)                  # the read's buffer
+            out = memoryview(self.out)
             first = min(n, size - head)
             out[:first] = store[head:head + first]
             out[first:] = store[:n - first]
@@ -271,26 +275,7 @@ class Relay:
         return did
 
 
-def _keep_heap_pages() -> None:
-    """glibc's heap keeps freed pages for the next chunk's buffers.  Otherwise
-    the relay's two 64 KiB buffers, freed together at the top of an otherwise
-    idle heap, are handed back to the system after every chunk and faulted in
-    again, zeroed, for the next: a third of its rate.  The kernel's heap does
-    not do that (its other allocations sit above; it takes about 0.2 page
-    faults per request), so neither should the ceiling it is measured by."""
-    import ctypes
-    import ctypes.util
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-        libc.mallopt(M_MMAP_THRESHOLD, 1 << 20)
-        libc.mallopt(M_TRIM_THRESHOLD, 4 << 20)
-    except (OSError, AttributeError):
-        pass
-
-
 def relay(writer_fd: int, reader_fd: int, total: int, chunk: int) -> None:
-    _keep_heap_pages()
     os.sched_setaffinity(0, _relay_cpus()[0])
     r = Relay(*_relay_rings(writer_fd, "kernel"), *_relay_rings(reader_fd, "kernel"))
     step, yield_cpu = r.step, os.sched_yield

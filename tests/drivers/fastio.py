@@ -14,6 +14,8 @@ EOF       TRUE with STATUS_END_OF_FILE
 OVERFLOW  TRUE with STATUS_BUFFER_OVERFLOW, half the buffer filled
 TOO_MUCH  TRUE with Information 100 bytes past the buffer
 NOT_BOOL  returns None (forgot its return)
+PEEK      read writes nothing and answers with what Buffer held (a driver bug:
+          it shows what a driver may see in a fast read's Buffer); write as FAST
 """
 
 import json
@@ -24,7 +26,7 @@ from ringzero.ddk import *
 DEV = FILE_DEVICE_UNKNOWN
 IOCTL_SET_MODE = CTL_CODE(DEV, 0x900, METHOD_BUFFERED, FILE_ANY_ACCESS)
 IOCTL_LOG = CTL_CODE(DEV, 0x901, METHOD_BUFFERED, FILE_ANY_ACCESS)
-FAST, DECLINE, UNTAKEN, RAISE, EOF, OVERFLOW, TOO_MUCH, NOT_BOOL = range(8)
+FAST, DECLINE, UNTAKEN, RAISE, EOF, OVERFLOW, TOO_MUCH, NOT_BOOL, PEEK = range(9)
 STATUS_MORE_ENTRIES = 0x00000105
 
 state = {"mode": FAST, "cache_map": 1}
@@ -57,7 +59,8 @@ def DispatchRead(DeviceObject, Irp):
 
 def DispatchWrite(DeviceObject, Irp):
     n = IoGetCurrentIrpStackLocation(Irp).Parameters.Write.Length
-    log.append(["irp-write", bytes(Irp.AssociatedIrp.SystemBuffer[:n]).decode("latin-1")])
+    data = bytes(Irp.AssociatedIrp.SystemBuffer[:n])
+    log.append(["irp-write", data.decode("latin-1") if n < 64 else f"{n} bytes, {data[:1]!r}..."])
     return _complete(Irp, STATUS_SUCCESS, n)
 
 
@@ -71,7 +74,8 @@ def FastRead(FileObject, FileOffset, Length, Wait, LockKey, Buffer, IoStatus, De
     if mode == NOT_BOOL:
         return None
     n = Length // 2 if mode == OVERFLOW else Length
-    Buffer[:n] = b"F" * n
+    if mode != PEEK:
+        Buffer[:n] = b"F" * n
     IoStatus.Status = {UNTAKEN: STATUS_MORE_ENTRIES, EOF: STATUS_END_OF_FILE,
                        OVERFLOW: STATUS_BUFFER_OVERFLOW}.get(mode, STATUS_SUCCESS)
     IoStatus.Information = 0 if mode == EOF else n + 100 if mode == TOO_MUCH else n
@@ -80,7 +84,9 @@ def FastRead(FileObject, FileOffset, Length, Wait, LockKey, Buffer, IoStatus, De
 
 def FastWrite(FileObject, FileOffset, Length, Wait, LockKey, Buffer, IoStatus, DeviceObject):
     mode = state["mode"]
-    log.append(["fast-write", bytes(Buffer[:Length]).decode("latin-1"), Wait, KeGetCurrentIrql()])
+    data = bytes(Buffer[:Length])
+    log.append(["fast-write", data.decode("latin-1") if Length < 64 else f"{Length} bytes, {data[:1]!r}...",
+                Wait, KeGetCurrentIrql()])
     if mode == DECLINE:
         return FALSE
     if mode == RAISE:

@@ -191,6 +191,10 @@ class Recorder(StandIn):
         self.calls.append(("read", *fields))
         super().serve(None)
 
+    def write_in_place(self, rid, tid, h, offset, data):
+        self.calls.append(("in place", rid, tid, h, offset, type(data), bytes(data)))
+        return False           # not taken there: the poller copies the data out and calls serve_write
+
     def serve_write(self, rid, tid, flags, h, offset, addr, event, data):
         self.calls.append(("write", rid, tid, flags, h, offset, addr, event, type(data), bytes(data)))
         super().serve(None)
@@ -216,8 +220,10 @@ def test_reads_and_writes_are_taken_apart_in_one_step_and_anything_else_decoded(
         poller.register(ch)
         assert wait_until(lambda: conn.served == 3)
         assert conn.calls[0] == ("read", 5, 77, 1, 4, 100, -1, 0x1000, 0)
-        assert conn.calls[1] == ("write", 6, 77, 0, 4, -1, 0, 0, bytearray, big)
-        assert conn.calls[2][:2] == ("serve", wire.Kind.WRITE_FILE) and conn.calls[2][2].endswith(b"abc")
+        # a large synchronous write is offered where it lies first, then copied out
+        assert conn.calls[1] == ("in place", 6, 77, 4, -1, memoryview, big)
+        assert conn.calls[2] == ("write", 6, 77, 0, 4, -1, 0, 0, bytearray, big)
+        assert conn.calls[3][:2] == ("serve", wire.Kind.WRITE_FILE) and conn.calls[3][2].endswith(b"abc")
         # a read that claims to carry descriptors is the program's protocol error
         bad = wire.READ_FRAME.pack(wire.READ.size, wire.Kind.READ_FILE, 0, 1, 77, 8, 4, 100, -1, 0, 0)
         assert producer.put(bad)
@@ -330,3 +336,58 @@ def test_a_connection_whose_reader_cannot_start_is_closed_and_a_blocked_reader_k
         monkeypatch.undo()
         current.connection = current.reader_token = None
         host.stop()
+
+
+class InPlace(StandIn):
+    """Takes every large write where it lies in the ring; the first one blocks
+    meanwhile, as a driver's fast I/O routine that ignores Wait FALSE might."""
+
+    def __init__(self):
+        super().__init__()
+        self.blocking = threading.Event()
+        self.release = threading.Event()
+        self.seen = []
+
+    def write_in_place(self, rid, tid, h, offset, data):
+        from ringzero.kernel.ke import dispatcher as ke
+        self.seen.append((rid, bytes(data)))
+        if len(self.seen) == 1:
+            self.blocking.set()
+            ev = ke.KEVENT()
+            threading.Thread(target=lambda: (self.release.wait(10), ke.KeSetEvent(ev))).start()
+            ke.KeWaitForSingleObject(ev)         # blocks: the poller role passes to another thread
+        self.served += 1
+        return True
+
+    def serve_write(self, *fields):
+        raise AssertionError("a write taken in place was served again")
+
+
+def test_a_write_served_where_it_lies_is_served_once_even_if_its_driver_blocks():
+    """While a write is served in place its frame stays in the ring (the room is
+    the program's again only after), so if the dispatch blocks and another
+    thread takes over the poller role, that one leaves the ring alone until the
+    blocked dispatch returns, then serves what follows, each frame once."""
+    poller = ringpoll.Poller()
+    conn, other = InPlace(), StandIn()
+    try:
+        ch, producer = channel(conn, rings.DEFAULT_SIZE)
+        other_ch, other_ring = channel(other)
+        poller.register(other_ch)
+        body = [bytes([i]) * 5000 for i in range(3)]
+        for rid, data in enumerate(body, 1):
+            head = wire.WRITE_HEAD.pack(wire.WRITE.size + len(data), wire.Kind.WRITE_FILE, 0, 0, 77, rid, 4, -1, 0, 0)
+            assert producer.put(head, data)
+        poller.register(ch)
+        assert conn.blocking.wait(10)
+        assert other_ring.put(FRAME)
+        os.eventfd_write(other_ch.req_efd, 1)
+        assert wait_until(lambda: other.served == 1)      # the other program is served meanwhile
+        assert conn.seen == [(1, body[0])]               # and this ring left alone
+        conn.release.set()
+        assert wait_until(lambda: conn.served == 3)
+        assert conn.seen == list(enumerate(body, 1))
+        assert wait_until(lambda: producer.ctl[producer.tail_i] == producer.pos)   # all the room given back
+    finally:
+        conn.release.set()
+        stop(poller)

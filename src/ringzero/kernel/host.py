@@ -361,6 +361,24 @@ class ProgramConnection:
         except Exception as e:
             self._failed(K.READ_FILE, rid, e)
 
+    def write_in_place(self, rid: int, tid: int, h: int, offset: int, data) -> bool:
+        """A synchronous WRITE_FILE with no event whose data still lies in the
+        request ring (`data`): answered by the driver's fast I/O from there
+        (iofile.write_in_place), True; or False, having done nothing, and the
+        poller copies the data out and calls serve_write."""
+        proc = self.process
+        limit = self.host.pending_limit
+        if limit and len(proc.pending) >= limit:
+            return False
+        current.program_thread = tid
+        try:
+            if not iofile.write_in_place(proc, h, data, offset, _Req(self, rid)):
+                return False
+        except Exception as e:
+            self._failed(K.WRITE_FILE, rid, e)
+        proc.counters["requests"] += 1
+        return True
+
     def serve_write(self, rid: int, tid: int, flags: int, h: int, offset: int, addr: int, event: int,
                     data: bytearray) -> None:
         """A WRITE_FILE the ring poller took apart itself, its data already

@@ -30,6 +30,7 @@ _KERNEL = wire.Role.KERNEL
 _READ_FILE = wire.K.READ_FILE            # < 256: a kind's low byte is the kind, its high byte 0
 _WRITE_FILE = wire.K.WRITE_FILE
 _USER_BUFFER = wire.FLAG_USER_BUFFER
+_OVERLAPPED = wire.FLAG_OVERLAPPED
 _READ_FRAME = wire.READ_FRAME
 _WRITE_HEAD = wire.WRITE_HEAD
 _WRITE_FIXED = wire.WRITE_HEAD.size
@@ -68,6 +69,7 @@ class Channel:
         self.req_efd = req_efd
         self.resp_efd = resp_efd
         self.closed = False
+        self.in_place = False    # a write is being served where it lies in the request ring
 
     def ring_doorbell(self) -> None:
         """After a response is put: wake the program if it said it sleeps (ring.py)."""
@@ -203,7 +205,7 @@ class Poller:
                 if ch.closed:
                     hot.remove(ch)
                     continue
-                if ch.req.pending():
+                if ch.req.pending() and not ch.in_place:
                     did = True
                     self._service(ch)
                     if self.token is not token:
@@ -226,7 +228,7 @@ class Poller:
             for ch in hot:
                 if not ch.closed:
                     _drain(ch.req_efd)
-                    if ch.req.pending():
+                    if ch.req.pending() and not ch.in_place:
                         did = True
             if did:
                 for ch in hot:
@@ -269,6 +271,22 @@ class Poller:
                 hot.append(ch)
         return True
 
+    def _in_place(self, ch: Channel, conn, rid: int, tid: int, h: int, offset: int, data) -> bool:
+        """conn.write_in_place, the frame still in the ring meanwhile: should
+        the driver block all the same, the poller role passes on and the new
+        poller leaves this ring alone (Channel.in_place) until it is done."""
+        token = self.token
+        ch.in_place = True
+        try:
+            return conn.write_in_place(rid, tid, h, offset, data)
+        finally:
+            ch.in_place = False
+            if self.token is not token and not ch.closed:
+                try:
+                    os.eventfd_write(ch.req_efd, 1)     # the poller now: look at this ring again
+                except OSError:
+                    pass
+
     def _service(self, ch: Channel) -> None:
         token = self.token        # a dispatch that blocks hands the role on: a new token (_start)
         conn = ch.conn
@@ -301,11 +319,15 @@ class Poller:
                     conn.serve_read(rid, tid, flags, h, size, offset, addr, event)
                 elif kind == _WRITE_FILE and n > _SPLIT_MIN and not view[6] & _USER_BUFFER:
                     length, _, flags, nfds, tid, rid, h, offset, addr, event = _WRITE_HEAD.unpack_from(view)
-                    data = bytearray(view[_WRITE_FIXED:])
-                    req.advance()
                     if length != n - wire.HEADER_SIZE or length > max_payload or nfds or flags & _USER_BUFFER:
                         raise wire.RemoteProtocolError("malformed WRITE_FILE frame")
-                    conn.serve_write(rid, tid, flags, h, offset, addr, event, data)
+                    data = view[_WRITE_FIXED:]
+                    if not (event or flags & _OVERLAPPED) and self._in_place(ch, conn, rid, tid, h, offset, data):
+                        req.advance()
+                    else:
+                        data = bytearray(data)
+                        req.advance()
+                        conn.serve_write(rid, tid, flags, h, offset, addr, event, data)
                 else:
                     data = bytes(view)
                     req.advance()

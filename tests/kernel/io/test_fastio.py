@@ -116,3 +116,39 @@ def test_a_fast_io_routine_that_raises_fails_its_request_and_the_kernel_goes_on(
     fio.set_mode(F.FAST)
     assert win32file.ReadFile(h, 3) == (0, b"FFF")
     h.Close()
+
+
+def test_a_large_write_is_offered_to_fast_io_where_it_lies_without_waiting_first(fio):
+    """A write large enough to be taken apart by the ring poller is offered to
+    FastIoWrite as the program's own buffer, still in the request ring, with
+    Wait FALSE (nothing may block while its room is held); declined there, it
+    is copied out and goes on as any write: Wait TRUE, then an IRP."""
+    h = open_fio()
+    big = b"w" * 8192
+    assert win32file.WriteFile(h, big) == (0, 8192)
+    assert fio.calls() == [["fast-write", "8192 bytes, b'w'...", False, 0]]
+    fio.set_mode(F.DECLINE)
+    assert win32file.WriteFile(h, big) == (0, 8192)
+    assert fio.calls() == [["fast-write", "8192 bytes, b'w'...", False, 0],
+                           ["fast-write", "8192 bytes, b'w'...", True, 0], ["irp-write", "8192 bytes, b'w'..."]]
+    fio.set_mode(F.RAISE)               # a routine that raised in place is not called again
+    with pytest.raises(pywintypes.error):
+        win32file.WriteFile(h, big)
+    assert [c[2] for c in fio.calls()] == [False]
+    h.Close()
+
+
+def test_what_a_fast_read_finds_in_its_buffer_is_only_its_own_programs_earlier_data(fio):
+    """A fast read's Buffer stands for the program's own buffer: kept from the
+    program's last fast read, not zeroed anew, but never another program's."""
+    h = open_fio()
+    assert win32file.ReadFile(h, 16) == (0, b"F" * 16)
+    fio.set_mode(F.PEEK)             # answers with whatever the buffer held
+    assert win32file.ReadFile(h, 16) == (0, b"F" * 16)
+    r = fio.run(r"""
+        from ringzero.win32 import win32con, win32file
+        h = win32file.CreateFile(r"\\.\FastIo", win32con.GENERIC_READ, 0, None, win32con.OPEN_EXISTING, 0, None)
+        print(win32file.ReadFile(h, 16)[1].hex())
+    """)
+    assert r.stdout.strip() == "00" * 16
+    h.Close()

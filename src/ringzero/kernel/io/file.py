@@ -56,6 +56,8 @@ class Reply:
     `Waiter` below serves the kernel's own synchronous IRPs."""
 
     def complete(self, irp: IRP, status: int, information: int, data) -> None:
+        """Answer the request; `data` is not used after this returns (what is
+        kept of it is copied), so its buffer may be used again."""
         raise NotImplementedError
 
     def pending(self, irp: IRP) -> None:
@@ -591,8 +593,10 @@ def _fast_routine(fo: FILE_OBJECT, name: str):
     return (routine, dev) if routine is not None else None
 
 
-def _fast_io(routine, fo: FILE_OBJECT, dev: DEVICE_OBJECT, offset: int, length: int, buf, taken: tuple):
-    """Call a fast I/O routine as NtReadFile/NtWriteFile do: Wait TRUE, in the
+def _fast_io(routine, fo: FILE_OBJECT, dev: DEVICE_OBJECT, offset: int, length: int, buf, taken: tuple,
+             wait: bool = True):
+    """Call a fast I/O routine as NtReadFile/NtWriteFile do: Wait TRUE (unless
+    `wait` is False), in the
     caller's context, the file object referenced meanwhile.  Its IO_STATUS_BLOCK
     if it did the request with a status in `taken`, None if the request is to
     go as an IRP.  A routine that raises has failed the request (it may have
@@ -607,7 +611,7 @@ def _fast_io(routine, fo: FILE_OBJECT, dev: DEVICE_OBJECT, offset: int, length: 
         ctx.irql = PASSIVE_LEVEL
     ob.reference(fo)
     try:
-        done = routine(fo, fo.CurrentByteOffset if offset < 0 else offset, length, True, 0, buf, iosb, dev)
+        done = routine(fo, fo.CurrentByteOffset if offset < 0 else offset, length, wait, 0, buf, iosb, dev)
     except Exception as exc:
         iosb.Status = _fault_status(driver, "fast I/O", f"fast I/O routine {getattr(routine, '__name__', '?')}", exc)
         iosb.Information = 0
@@ -669,9 +673,16 @@ def _read_fast(process, fo: FILE_OBJECT, length: int, offset: int, buf_addr: int
     if fast is None:
         return False
     routine, dev = fast
-    buf = bytearray(length)
+    spare = process.read_buffers
+    try:
+        buf = spare.pop()
+    except IndexError:
+        buf = None
+    if buf is None or len(buf) != length:
+        buf = bytearray(length)
     iosb = _fast_io(routine, fo, dev, offset, length, buf, _FAST_READ_TAKEN)
     if iosb is None:
+        _keep_read_buffer(spare, buf)
         return False
     status, info = iosb.Status & 0xFFFFFFFF, iosb.Information
     if info > length:
@@ -689,7 +700,21 @@ def _read_fast(process, fo: FILE_OBJECT, length: int, offset: int, buf_addr: int
     else:
         data = memoryview(buf)[:info]
     _answer(reply, None, ev, status, info, data)
+    _keep_read_buffer(spare, buf)
     return True
+
+
+# A fast read's Buffer is the caller's own buffer in NT, holding what the
+# program had there.  Here it stands for that buffer: the process's last fast
+# read's, kept for its next one (so what a driver may see in it before writing
+# is that program's own earlier data, never another's), and not zeroed anew
+# for each read.
+KEPT_READ_BUFFER = 256 * 1024
+
+
+def _keep_read_buffer(spare: list, buf: bytearray) -> None:
+    if not spare and len(buf) <= KEPT_READ_BUFFER:
+        spare.append(buf)
 
 
 def write_file(process, handle: int, data, offset: int, buf_addr: int, event: int, reply: Reply,
@@ -743,6 +768,34 @@ def write_file(process, handle: int, data, offset: int, buf_addr: int, event: in
     finally:
         if locked and not sent:      # (an IRP's holds the lock until its completion)
             _unlock_file(fo)
+
+
+def write_in_place(process, handle: int, data, offset: int, reply: Reply) -> bool:
+    """NtWriteFile's fast I/O for a synchronous write whose data still lies in
+    the program's request ring (`data`, a view of it, good only during this
+    call): as in NT, the driver's FastIoWrite gets the caller's own buffer,
+    not a system buffer.  It is called with Wait FALSE, as by a caller that
+    cannot block (NT's file server calls fast I/O so), since the ring's room
+    is not given back until this returns.  True if the write was answered;
+    False, having done nothing, if anything else is needed (an error to
+    report, the file object's lock, an IRP): the caller then copies the data
+    out and goes on with write_file."""
+    e = process.handles.lookup(handle)
+    if e is None or e.obj.type_name != "File" or not e.access & (acc.FILE_WRITE_DATA | acc.FILE_APPEND_DATA):
+        return False
+    fo = e.obj
+    fast = _fast_routine(fo, "FastIoWrite")
+    if fast is None or not fo.Busy.acquire(False):
+        return False
+    try:
+        iosb = _fast_io(fast[0], fo, fast[1], offset, len(data), data, _FAST_WRITE_TAKEN, wait=False)
+        if iosb is None:
+            return False
+        status = iosb.Status & 0xFFFFFFFF
+        reply.complete(None, status, iosb.Information if status < 0xC0000000 else 0, b"")
+        return True
+    finally:
+        _unlock_file(fo)
 
 
 def _attach_buffer(irp: IRP, buf: bytearray, addr: int, process) -> None:

@@ -45,6 +45,7 @@ class EPROCESS(ObjectHeader):
         self.tids_here = False     # its requests' thread ids name tasks in our pid namespace (file.py; set at HELLO)
         self.lock_waits = 0        # its requests waiting for a file object's lock (file.py)
         self.counters = {"requests": 0}
+        self.read_buffers: list = []   # its last fast read's buffer, for its next (io/file.py)
 
     def charge_locked(self, n: int) -> bool:
         """Charge `n` bytes to this process's quota (a negative `n` gives them
