@@ -5,7 +5,7 @@ doing blocking writes, and a reader process, whose handle does blocking
 reads, reads them back, through a kernel started for the benchmark; then the
 same bytes go between two Python processes over a Unix stream socket, and
 through a bare relay: a third Python process that moves the frames between
-two pairs of the same shared-memory rings, making the kernel's three copies of
+two pairs of the same shared-memory rings, making the kernel's two copies of
 each chunk and nothing else (no handles, no I/O manager, no driver, no
 pywin32 layer; every side spins, and the relay has a CPU of its own), the
 ceiling for any kernel written in Python between two programs.  Each is run
@@ -226,15 +226,14 @@ def relay_reader(fd: int, total: int, chunk: int) -> None:
 class Relay:
     """The bare relay's work: store each write's data in a ring buffer and
     answer each read from it, copying as ringzero's kernel does: out of the
-    request ring into the buffer (fast I/O gets the write where it lies), out
-    of it into the read's buffer (kept from one read to the next), and that
-    into the response ring.  `step()` serves what the two request rings hold."""
+    request ring into the buffer, and out of it into the reply's room in the
+    response ring (fast I/O gets the program's own buffers, where they lie).
+    `step()` serves what the two request rings hold."""
 
     def __init__(self, wreq, wresp, rreq, rresp):
         self.wreq, self.wresp, self.rreq, self.rresp = wreq, wresp, rreq, rresp
         self.ack = _frame_head(_ACK_KIND, 0)
         self.store = memoryview(bytearray(1 << 20))
-        self.out = bytearray(0)
         self.head = self.queued = self.moved = 0     # where the oldest queued byte is, how many are queued, moved
 
     def step(self) -> bool:
@@ -260,17 +259,15 @@ class Relay:
             rreq.advance()
             head = self.head
             n = min(want, self.queued)
-            if len(self.out) != n:
-                self.out = bytearray(n)                  # the read's buffer
-            out = memoryview(self.out)
+            while (out := self.rresp.reserve(wire.HEADER_SIZE, n)) is None:      # the reply's room
+                os.sched_yield()
             first = min(n, size - head)
             out[:first] = store[head:head + first]
             out[first:] = store[:n - first]
             self.head = (head + n) % size
             self.queued -= n
             self.moved += n
-            while not self.rresp.put(_frame_head(_DATA_KIND, n), out):
-                os.sched_yield()
+            self.rresp.commit(_frame_head(_DATA_KIND, n), n)
             did = True
         return did
 

@@ -8,7 +8,7 @@ through the I/O manager and the Example driver (fast I/O, as the stream's
 synchronous handles get it), answered into a response ring.  The benchmark
 plays the program's side of the rings itself, outside the timing.  The peer is
 the bare relay's step (bench.example_stream.Relay) on the same frames: the
-kernel's three copies of the chunk and nothing else.  Then the programs' part:
+kernel's two copies of the chunk and nothing else.  Then the programs' part:
 a WriteFile and a ReadFile of CHUNK bytes through the pywin32 layer and the
 client library, their requests answered as soon as they are put in the ring
 by a stub whose own time is taken out; its peer is the bare relay's programs
@@ -283,7 +283,7 @@ def main(argv=None) -> int:
     print(f"one {a.chunk}-byte write and one {a.chunk}-byte read, in this process; "
           f"best (median) of {a.rounds} rounds of {a.pairs} pairs; Python {sys.version.split()[0]}")
     lines = [("ringzero kernel", "kernel", "ring in, I/O manager, Example's fast I/O, ring out"),
-             ("bare relay", "relay", "the same three copies and nothing else"),
+             ("bare relay", "relay", "the same two copies and nothing else"),
              ("ringzero programs", "programs", "WriteFile + ReadFile, pywin32 layer and client, answered at once"),
              ("relay programs", "relay_programs", "the relay's writer and reader, answered at once")]
     for label, name, what in lines:

@@ -292,6 +292,9 @@ def test_a_dispatch_that_blocks_when_no_thread_can_be_started_keeps_the_role(mon
         poller.register(slow_ch)
         assert blocked.wait(10)
         assert other_ring.put(FRAME)
+        rings.fence()
+        if not other_ring.flag():          # as a program does: the poller had gone to sleep before
+            os.eventfd_write(other_ch.req_efd, 1)
         assert wait_until(lambda: other.served == 1)      # after the blocked dispatch returned
         assert slow.served == 1
         assert any("cannot start a ring poller thread" in r.text for r in dbg.recent(64))
@@ -391,3 +394,49 @@ def test_a_write_served_where_it_lies_is_served_once_even_if_its_driver_blocks()
     finally:
         conn.release.set()
         stop(poller)
+
+
+def test_a_reply_built_in_the_response_ring_holds_back_what_is_sent_meanwhile():
+    """A fast read's data is written straight into its reply's room in the
+    response ring (ProgramConnection.hold); frames sent to the program
+    meanwhile wait behind it, in order, and go once it is committed, or once
+    its room is let go unanswered."""
+    import socket
+
+    from ringzero.kernel.host import ProgramConnection, _Req
+
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    region = mmap.mmap(-1, rings.region_size(SIZE))
+    rings.init_region(memoryview(region), SIZE)
+    _, program_resp = rings.program_side(memoryview(region), SIZE)
+    conn = ProgramConnection(SimpleNamespace(max_payload=wire.DEFAULT_MAX_PAYLOAD), ours)
+    conn.channel = ringpoll.Channel(conn, region, SIZE, os.eventfd(0, os.EFD_NONBLOCK), os.eventfd(0, os.EFD_NONBLOCK))
+
+    def replies():
+        out = []
+        while (f := program_resp.get()) is not None:
+            _, kind, _, _, _, rid, status, info = wire.REPLY_HEAD.unpack_from(f)
+            out.append((rid, info, f[wire.REPLY_HEAD.size:]))
+        return out
+
+    try:
+        first = _Req(conn, 1)
+        room = first.read_buffer(100)
+        assert room is not None and len(room) == 100
+        assert _Req(conn, 9).read_buffer(10) is None        # one at a time
+        _Req(conn, 2).complete(None, 0, 7, b"second")
+        assert replies() == []                              # nothing yet: the first comes first
+        room[:5] = b"first"
+        first.complete(None, 0, 5, room[:5])
+        assert replies() == [(1, 5, b"first"), (2, 7, b"second")]
+        dropped = _Req(conn, 3)
+        assert dropped.read_buffer(100) is not None
+        _Req(conn, 4).complete(None, 0, 0, b"fourth")
+        dropped.release_buffer()
+        dropped.release_buffer()                            # (twice is once)
+        assert replies() == [(4, 0, b"fourth")]
+        assert conn.held is None and conn.held_back == []
+    finally:
+        conn.channel.close()
+        ours.close()
+        theirs.close()

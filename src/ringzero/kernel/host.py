@@ -86,9 +86,24 @@ class _Req(iofile.Reply):
         try:
             if irp is not None:
                 irp.reply_sent = True
-            conn._send_locked(head, body=data)
+            if conn.held is self:
+                conn.commit_held(head, len(data))     # `data` lies where read_buffer() gave its room
+            else:
+                conn._send_locked(head, body=data)
         finally:
             lock.release()
+
+    def read_buffer(self, length: int):
+        """The room of this reply's data in the response ring (ProgramConnection.hold)."""
+        conn = self.conn
+        with conn.send_lock:
+            return conn.hold(self, wire.REPLY_HEAD.size, length)
+
+    def release_buffer(self) -> None:
+        conn = self.conn
+        with conn.send_lock:
+            if conn.held is self:
+                conn.let_go()
 
     def pending(self, irp):
         if not irp.overlapped:
@@ -165,6 +180,8 @@ class ProgramConnection:
         self.subscriptions: list = []
         self.closed = False
         self.channel: ringpoll.Channel | None = None   # shared-memory rings, once attached
+        self.held = None             # the reply being built in place in the response ring (hold())
+        self.held_back: list = []    # frames sent meanwhile, sent once it is done
         self.user_memory = False     # OFFER_MEMORY succeeded: FLAG_USER_BUFFER requests are allowed
         self.waits: dict = {}        # request id -> the program's wait in progress (an asynchronous wait block)
         self.rundown_done = threading.Event()
@@ -174,9 +191,52 @@ class ProgramConnection:
 
     # -- sending ---------------------------------------------------------------
 
+    def hold(self, reply, k: int, n: int):
+        """Reserve room in the response ring for `reply`'s frame, a `k`-byte
+        head and up to `n` bytes of data, the data to be written there in
+        place: the data's room, or None (no ring, no room, one held already).
+        Frames sent meanwhile are held back, in order, until commit_held() or
+        let_go().  `send_lock` held."""
+        ch = self.channel
+        if ch is None or self.closed or self.held is not None:
+            return None
+        try:
+            room = ch.resp.reserve(k, n)
+        except wire.ProtocolError:
+            return None          # (the next frame sent finds the ring unusable and says so)
+        if room is not None:
+            self.held = reply
+        return room
+
+    def commit_held(self, head: bytes, used: int) -> None:
+        """The held reply is done: its head, before the `used` bytes of data
+        written in its room; then what was held back.  `send_lock` held."""
+        self.held = None
+        ch = self.channel
+        if not self.closed and ch is not None:
+            ch.resp.commit(head, used)
+            try:
+                ch.ring_doorbell()
+            except (OSError, ValueError):
+                self.abort()
+        self._send_held_back()
+
+    def let_go(self) -> None:
+        """Drop the held reply's room unanswered; send what was held back.  `send_lock` held."""
+        self.held = None
+        self._send_held_back()
+
+    def _send_held_back(self) -> None:
+        backlog, self.held_back = self.held_back, []
+        for data, fds, body in backlog:
+            self._send_locked(data, fds, body)
+
     def _send_locked(self, data: bytes, fds=(), body=b"") -> None:
         """Send the frame `data` + `body` (a reply's data, copied once)."""
         if self.closed:
+            return
+        if self.held is not None:
+            self.held_back.append((bytes(data), fds, bytes(body)))    # (copied: their buffers may be reused)
             return
         ch = self.channel
         if ch is not None:

@@ -138,7 +138,7 @@ class Ring:
     each side keeps its own position locally and trusts only that.  `flag_i`
     is this ring's doorbell flag (see the module's docstring for whose it is)."""
 
-    __slots__ = ("ctl", "size", "mask", "data", "head_i", "tail_i", "flag_i", "pos", "max_frame", "_next")
+    __slots__ = ("ctl", "size", "mask", "data", "head_i", "tail_i", "flag_i", "pos", "max_frame", "_next", "_held")
 
     def __init__(self, mv: memoryview, ring_size: int, data_off: int, head_off: int, tail_off: int, producer: bool,
                  flag_off: int = 0):
@@ -152,6 +152,7 @@ class Ring:
         self.pos = self.ctl[self.head_i if producer else self.tail_i]
         self.max_frame = ring_size // 2
         self._next = self.pos
+        self._held = None        # a reserved frame's (position, offset, head size), until committed
 
     def release(self) -> None:
         self.data.release()
@@ -181,25 +182,13 @@ class Ring:
         k = len(frame)
         n = k + len(body)
         total = (n + 7) & ~7
-        if total > self.max_frame:
+        place = self._place(total)
+        if place is None:
             return False
-        size = self.size
-        head = self.pos
-        used = head - self.ctl[self.tail_i]
-        if used < 0 or used > size:
-            raise RemoteProtocolError("the consumer moved the ring's tail out of range")
-        off = head & self.mask
-        room = size - off
+        head, off = place
+        if head != self.pos:
+            self._pad()
         data = self.data
-        if room < total:
-            if size - used < room + total:
-                return False
-            if room >= HEADER_SIZE:
-                HEADER.pack_into(data, off, room - HEADER_SIZE, PAD_KIND, 0, 0, 0, 0)
-            head += room
-            off = 0
-        elif size - used < total:
-            return False
         data[off:off + k] = frame
         if body:
             data[off + k:off + n] = body
@@ -207,6 +196,59 @@ class Ring:
         self.pos = head
         self.ctl[self.head_i] = head
         return True
+
+    def _place(self, total: int) -> tuple[int, int] | None:
+        """Where a frame of `total` bytes goes now: (its position, its offset);
+        a position past this one means the frame starts at the ring's front,
+        the rest of the ring padded out first (_pad).  None if it does not fit."""
+        if total > self.max_frame:
+            return None
+        size = self.size
+        head = self.pos
+        used = head - self.ctl[self.tail_i]
+        if used < 0 or used > size:
+            raise RemoteProtocolError("the consumer moved the ring's tail out of range")
+        off = head & self.mask
+        room = size - off
+        if room < total:
+            if size - used < room + total:
+                return None
+            return head + room, 0
+        if size - used < total:
+            return None
+        return head, off
+
+    def _pad(self) -> None:
+        """Mark the rest of the ring from here unused (the next frame is at its front)."""
+        off = self.pos & self.mask
+        room = self.size - off
+        if room >= HEADER_SIZE:
+            HEADER.pack_into(self.data, off, room - HEADER_SIZE, PAD_KIND, 0, 0, 0, 0)
+
+    def reserve(self, k: int, n: int) -> memoryview | None:
+        """Room for one frame of a `k`-byte head and up to `n` bytes of body,
+        the body's room returned to be written in place; None if it does not
+        fit now.  Nothing is given to the consumer until `commit`, and nothing
+        may be put meanwhile (the producer's caller holds other frames back);
+        a reservation that is not committed is simply dropped."""
+        place = self._place((k + n + 7) & ~7)
+        if place is None:
+            return None
+        head, off = place
+        self._held = (head, off, k)       # (the padding, if any, is written at commit)
+        return self.data[off + k:off + k + n]
+
+    def commit(self, frame: bytes, used: int) -> None:
+        """Publish the reserved frame: its head `frame` (the `k` bytes
+        reserved) before the `used` bytes of body written in its room."""
+        head, off, k = self._held
+        self._held = None
+        if head != self.pos:
+            self._pad()
+        self.data[off:off + k] = frame
+        head += (k + used + 7) & ~7
+        self.pos = head
+        self.ctl[self.head_i] = head
 
     # -- consumer ---------------------------------------------------------------
 

@@ -46,8 +46,10 @@ def test_a_synchronous_handle_reads_and_writes_by_fast_io_in_the_callers_context
     h = open_fio()
     assert win32file.ReadFile(h, 10) == (0, b"F" * 10)
     assert win32file.WriteFile(h, b"abc") == (0, 3)
-    # Wait TRUE, PASSIVE_LEVEL, the caller's process, a buffer of Length bytes; no IRP
-    assert fio.calls() == [["fast-read", 10, True, 0, os.getpid(), 10], ["fast-write", "abc", True, 0]]
+    # PASSIVE_LEVEL, the caller's process, a buffer of Length bytes; no IRP.  The read
+    # is offered with Wait FALSE first, its Buffer the room of its reply in the response
+    # ring; a small write is copied out of the request ring and offered with Wait TRUE
+    assert fio.calls() == [["fast-read", 10, False, 0, os.getpid(), 10], ["fast-write", "abc", True, 0]]
     assert fio.fast_io() == 2
     h.Close()
 
@@ -75,7 +77,8 @@ def test_fast_io_declined_or_not_taken_becomes_an_irp(fio, mode):
     h = open_fio()
     assert win32file.ReadFile(h, 4) == (0, b"IIII")
     assert win32file.WriteFile(h, b"ab") == (0, 2)
-    assert [c[0] for c in fio.calls()] == ["fast-read", "irp-read", "fast-write", "irp-write"]
+    # (the read offered twice, with Wait FALSE where its reply lies, then TRUE)
+    assert [c[0] for c in fio.calls()] == ["fast-read", "fast-read", "irp-read", "fast-write", "irp-write"]
     assert ("DRIVER_RETURNED_NON_BOOLEAN" in fio.log()) is (mode == F.NOT_BOOL)
     h.Close()
 
@@ -139,16 +142,27 @@ def test_a_large_write_is_offered_to_fast_io_where_it_lies_without_waiting_first
 
 
 def test_what_a_fast_read_finds_in_its_buffer_is_only_its_own_programs_earlier_data(fio):
-    """A fast read's Buffer stands for the program's own buffer: kept from the
-    program's last fast read, not zeroed anew, but never another program's."""
+    """A fast read's Buffer stands for the program's own buffer, not zeroed
+    anew: the room of its reply in the program's response ring or, when there
+    is no such room, the program's last fast read's buffer.  What a driver
+    finds there is never another program's data."""
     h = open_fio()
-    assert win32file.ReadFile(h, 16) == (0, b"F" * 16)
-    fio.set_mode(F.PEEK)             # answers with whatever the buffer held
-    assert win32file.ReadFile(h, 16) == (0, b"F" * 16)
-    r = fio.run(r"""
+    code = r"""
         from ringzero.win32 import win32con, win32file
-        h = win32file.CreateFile(r"\\.\FastIo", win32con.GENERIC_READ, 0, None, win32con.OPEN_EXISTING, 0, None)
-        print(win32file.ReadFile(h, 16)[1].hex())
-    """)
-    assert r.stdout.strip() == "00" * 16
+        h = win32file.CreateFile(r"\\.\FastIo", win32con.GENERIC_READ | win32con.GENERIC_WRITE, 0, None,
+                                 win32con.OPEN_EXISTING, 0, None)
+        for _ in range(4):
+            print(win32file.ReadFile(h, 16)[1].hex())
+    """
+    fio.set_mode(F.FAST)
+    assert win32file.ReadFile(h, 16) == (0, b"F" * 16)        # this program's own buffers hold F's
+    fio.set_mode(F.PEEK)             # from now on a read answers with whatever its buffer held
+    env = fio.env
+    try:
+        for ring in ("1", "0"):      # with rings, and by the socket alone (no reply room to lend)
+            fio.env = {**env, "RINGZERO_RING": ring}
+            seen = fio.run(code).stdout.split()
+            assert len(seen) == 4 and not any("46464646" in line for line in seen), seen
+    finally:
+        fio.env = env
     h.Close()

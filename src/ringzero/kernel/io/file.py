@@ -63,6 +63,16 @@ class Reply:
     def pending(self, irp: IRP) -> None:
         pass
 
+    def read_buffer(self, length: int):
+        """Writable room for up to `length` bytes of the answer's data where the
+        requester will find them (a fast read's Buffer), to be passed to
+        complete() as `data` (a slice of it); None when there is none.  Until
+        complete() or release_buffer(), nothing else reaches the requester."""
+        return None
+
+    def release_buffer(self) -> None:
+        """Give up the room read_buffer() gave, unanswered (nothing if answered)."""
+
 
 class Waiter(Reply):
     __slots__ = ("event", "status", "information")
@@ -668,11 +678,26 @@ def read_file(process, handle: int, length: int, offset: int, buf_addr: int, eve
 def _read_fast(process, fo: FILE_OBJECT, length: int, offset: int, buf_addr: int, user_buffer: bool, ev,
                reply: Reply) -> bool:
     """The driver's FastIoRead, if it has one for `fo` and does this read:
-    then the read is answered here (True)."""
+    then the read is answered here (True).  Its Buffer is the caller's own, as
+    in NT (below): first the room of the reply's data in the program's
+    response ring, if the reply can be built there (offered with Wait FALSE,
+    since nothing else reaches the program until it is done), then the
+    program's last read buffer."""
     fast = _fast_routine(fo, "FastIoRead")
     if fast is None:
         return False
     routine, dev = fast
+    if length and not user_buffer:
+        room = reply.read_buffer(length)
+        if room is not None:
+            try:
+                iosb = _fast_io(routine, fo, dev, offset, length, room, _FAST_READ_TAKEN, wait=False)
+                if iosb is not None:
+                    status, info = _fast_read_outcome(iosb, length, dev)
+                    _answer(reply, None, ev, status, info, room[:info] if info else b"")
+                    return True
+            finally:
+                reply.release_buffer()      # (nothing left to release once answered)
     spare = process.read_buffers
     try:
         buf = spare.pop()
@@ -684,14 +709,10 @@ def _read_fast(process, fo: FILE_OBJECT, length: int, offset: int, buf_addr: int
     if iosb is None:
         _keep_read_buffer(spare, buf)
         return False
-    status, info = iosb.Status & 0xFFFFFFFF, iosb.Information
-    if info > length:
-        verifier.violation(verifier.INFORMATION_TOO_LARGE, f"Information {info} > buffer {length}",
-                           driver=dev.DriverObject, raise_it=False)
-        info = length
+    status, info = _fast_read_outcome(iosb, length, dev)
     data = b""
     if status >= 0xC0000000:
-        info = 0
+        pass
     elif user_buffer and buf_addr:
         try:
             write_from(process.pid, buf_addr, memoryview(buf)[:info])
@@ -704,11 +725,24 @@ def _read_fast(process, fo: FILE_OBJECT, length: int, offset: int, buf_addr: int
     return True
 
 
+def _fast_read_outcome(iosb: IO_STATUS_BLOCK, length: int, dev: DEVICE_OBJECT) -> tuple[int, int]:
+    """(status, bytes to copy back) of a fast read the routine did."""
+    status, info = iosb.Status & 0xFFFFFFFF, iosb.Information
+    if status >= 0xC0000000:
+        return status, 0
+    if info > length:
+        verifier.violation(verifier.INFORMATION_TOO_LARGE, f"Information {info} > buffer {length}",
+                           driver=dev.DriverObject, raise_it=False)
+        info = length
+    return status, info
+
+
 # A fast read's Buffer is the caller's own buffer in NT, holding what the
-# program had there.  Here it stands for that buffer: the process's last fast
-# read's, kept for its next one (so what a driver may see in it before writing
-# is that program's own earlier data, never another's), and not zeroed anew
-# for each read.
+# program had there.  Here it stands for that buffer: where the reply's data
+# goes in the program's response ring, or else the process's last fast read's
+# buffer, kept for its next one.  Either way, what a driver may see in it before
+# writing is that program's own earlier data, never another's, and it is not
+# zeroed anew for each read.
 KEPT_READ_BUFFER = 256 * 1024
 
 
