@@ -36,6 +36,13 @@ _WRITE_HEAD = wire.WRITE_HEAD
 _WRITE_FIXED = wire.WRITE_HEAD.size
 _SPLIT_MIN = 4096                        # smaller writes are copied whole, as any other frame
 SPIN_SECONDS = 200e-6
+# While it spins, the poller gives its CPU away (sched_yield) after every few
+# empty looks, not after each: a look costs a fraction of a microsecond, a
+# yield a system call, and on its own CPU, as it usually is, a yield there
+# only slows the next request down (yielding after each look cost the Example
+# stream a third of its rate on 2026-12-02: medians 0.74 against 1.12 GB/s,
+# eight looks a yield faster in 10 of 11 interleaved rounds).
+LOOKS_PER_YIELD = 8
 SCAN_SECONDS = 500e-6     # while busy, how often to look for other programs' doorbells
 CPU_SECONDS = 200e-6      # how often to tell the hot rings' programs which CPU this thread is on (ring.py)
 KEEP_OFF_PER_CPU = 2      # busy programs per other CPU up to which they are asked to keep off this thread's
@@ -194,6 +201,7 @@ class Poller:
         yield_cpu = os.sched_yield
         fence = rings.fence
         last_work = last_scan = next_cpu = time.perf_counter()
+        idle = 0
         while self.token is token:
             did = False
             if last_work - last_scan > SCAN_SECONDS:
@@ -218,7 +226,9 @@ class Poller:
                 last_work = now
                 continue
             if now - last_work < SPIN_SECONDS:
-                yield_cpu()
+                idle += 1
+                if not idle % LOOKS_PER_YIELD:
+                    yield_cpu()
                 continue
             # about to sleep: the programs must ring again, then one more look (ring.py)
             for ch in hot:
