@@ -33,6 +33,12 @@ state = {"mode": FAST, "cache_map": 1}
 log = []
 
 
+def _shown(data) -> str:
+    """Written data as the log shows it: whole when short, else its size and first byte."""
+    data = bytes(data)
+    return data.decode("latin-1") if len(data) < 64 else f"{len(data)} bytes, {data[:1]!r}..."
+
+
 def _complete(Irp, status, info=0):
     Irp.IoStatus.Status = status
     Irp.IoStatus.Information = info
@@ -59,8 +65,7 @@ def DispatchRead(DeviceObject, Irp):
 
 def DispatchWrite(DeviceObject, Irp):
     n = IoGetCurrentIrpStackLocation(Irp).Parameters.Write.Length
-    data = bytes(Irp.AssociatedIrp.SystemBuffer[:n])
-    log.append(["irp-write", data.decode("latin-1") if n < 64 else f"{n} bytes, {data[:1]!r}..."])
+    log.append(["irp-write", _shown(Irp.AssociatedIrp.SystemBuffer[:n])])
     return _complete(Irp, STATUS_SUCCESS, n)
 
 
@@ -84,9 +89,7 @@ def FastRead(FileObject, FileOffset, Length, Wait, LockKey, Buffer, IoStatus, De
 
 def FastWrite(FileObject, FileOffset, Length, Wait, LockKey, Buffer, IoStatus, DeviceObject):
     mode = state["mode"]
-    data = bytes(Buffer[:Length])
-    log.append(["fast-write", data.decode("latin-1") if Length < 64 else f"{Length} bytes, {data[:1]!r}...",
-                Wait, KeGetCurrentIrql()])
+    log.append(["fast-write", _shown(Buffer[:Length]), Wait, KeGetCurrentIrql()])
     if mode == DECLINE:
         return FALSE
     if mode == RAISE:

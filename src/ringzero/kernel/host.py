@@ -427,9 +427,8 @@ class ProgramConnection:
         (iofile.write_in_place), True; or False, having done nothing, and the
         poller copies the data out and calls serve_write."""
         proc = self.process
-        limit = self.host.pending_limit
-        if limit and len(proc.pending) >= limit:
-            return False
+        if self._over_pending_limit(proc):
+            return False          # (serve_write refuses it)
         current.program_thread = tid
         try:
             if not iofile.write_in_place(proc, h, data, offset, _Req(self, rid)):
@@ -467,10 +466,14 @@ class ProgramConnection:
         proc = self.process
         current.program_thread = tid
         proc.counters["requests"] += 1
-        if kind in _IRP_KINDS and self.host.pending_limit and len(proc.pending) >= self.host.pending_limit:
+        if kind in _IRP_KINDS and self._over_pending_limit(proc):
             self._reply(rid, st.STATUS_INSUFFICIENT_RESOURCES)
             return None
         return proc
+
+    def _over_pending_limit(self, proc) -> bool:
+        limit = self.host.pending_limit
+        return bool(limit) and len(proc.pending) >= limit
 
     def _dispatch(self, f: wire.Frame) -> None:
         kind = f.kind

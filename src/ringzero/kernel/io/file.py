@@ -495,19 +495,25 @@ def _begin(process, fo: FILE_OBJECT, event: int, reply: Reply):
 
 # -- read, write, device control ------------------------------------------------------
 
-def _file_entry(process, handle: int, need: int, reply: Reply):
-    """The handle's entry, if it is a file handle granted `need` (any of its
-    bits); else the request is answered here and None returned."""
+def _file_entry_status(process, handle: int, need: int):
+    """(the handle's entry, STATUS_SUCCESS) if it is a file handle granted
+    `need` (any of its bits); else (None, the status to fail the request with)."""
     e = process.handles.lookup(handle)
     if e is None:
-        reply.complete(None, st.STATUS_INVALID_HANDLE, 0, b"")
-        return None
+        return None, st.STATUS_INVALID_HANDLE
     if e.obj.type_name != "File":
-        reply.complete(None, st.STATUS_OBJECT_TYPE_MISMATCH, 0, b"")
-        return None
+        return None, st.STATUS_OBJECT_TYPE_MISMATCH
     if need and not e.access & need:
-        reply.complete(None, st.STATUS_ACCESS_DENIED, 0, b"")
-        return None
+        return None, st.STATUS_ACCESS_DENIED
+    return e, st.STATUS_SUCCESS
+
+
+def _file_entry(process, handle: int, need: int, reply: Reply):
+    """The handle's entry, as _file_entry_status; else the request is answered
+    here and None returned."""
+    e, status = _file_entry_status(process, handle, need)
+    if e is None:
+        reply.complete(None, status, 0, b"")
     return e
 
 
@@ -690,14 +696,17 @@ def _read_fast(process, fo: FILE_OBJECT, length: int, offset: int, buf_addr: int
     if length and not user_buffer:
         room = reply.read_buffer(length)
         if room is not None:
+            answered = False
             try:
                 iosb = _fast_io(routine, fo, dev, offset, length, room, _FAST_READ_TAKEN, wait=False)
                 if iosb is not None:
                     status, info = _fast_read_outcome(iosb, length, dev)
                     _answer(reply, None, ev, status, info, room[:info] if info else b"")
+                    answered = True
                     return True
             finally:
-                reply.release_buffer()      # (nothing left to release once answered)
+                if not answered:
+                    reply.release_buffer()
     spare = process.read_buffers
     try:
         buf = spare.pop()
@@ -711,14 +720,13 @@ def _read_fast(process, fo: FILE_OBJECT, length: int, offset: int, buf_addr: int
         return False
     status, info = _fast_read_outcome(iosb, length, dev)
     data = b""
-    if status >= 0xC0000000:
-        pass
-    elif user_buffer and buf_addr:
-        try:
-            write_from(process.pid, buf_addr, memoryview(buf)[:info])
-        except AccessViolation:
-            status, info = st.STATUS_ACCESS_VIOLATION, 0
-    else:
+    if user_buffer and buf_addr:
+        if info:
+            try:
+                write_from(process.pid, buf_addr, memoryview(buf)[:info])
+            except AccessViolation:
+                status, info = st.STATUS_ACCESS_VIOLATION, 0
+    elif info:
         data = memoryview(buf)[:info]
     _answer(reply, None, ev, status, info, data)
     _keep_read_buffer(spare, buf)
@@ -785,8 +793,7 @@ def write_file(process, handle: int, data, offset: int, buf_addr: int, event: in
         if fast is not None:
             iosb = _fast_io(fast[0], fo, fast[1], offset, len(buf), buf, _FAST_WRITE_TAKEN)
             if iosb is not None:
-                status = iosb.Status & 0xFFFFFFFF
-                _answer(reply, None, ev, status, iosb.Information if status < 0xC0000000 else 0, b"")
+                _answer(reply, None, ev, *_fast_write_outcome(iosb), b"")
                 return
         irp = _new_irp(fo, IRP_MJ_WRITE, process, reply, rid, tid, overlapped)
         irp.file_locked = locked
@@ -814,8 +821,8 @@ def write_in_place(process, handle: int, data, offset: int, reply: Reply) -> boo
     False, having done nothing, if anything else is needed (an error to
     report, the file object's lock, an IRP): the caller then copies the data
     out and goes on with write_file."""
-    e = process.handles.lookup(handle)
-    if e is None or e.obj.type_name != "File" or not e.access & (acc.FILE_WRITE_DATA | acc.FILE_APPEND_DATA):
+    e, _ = _file_entry_status(process, handle, acc.FILE_WRITE_DATA | acc.FILE_APPEND_DATA)
+    if e is None:
         return False
     fo = e.obj
     fast = _fast_routine(fo, "FastIoWrite")
@@ -825,11 +832,16 @@ def write_in_place(process, handle: int, data, offset: int, reply: Reply) -> boo
         iosb = _fast_io(fast[0], fo, fast[1], offset, len(data), data, _FAST_WRITE_TAKEN, wait=False)
         if iosb is None:
             return False
-        status = iosb.Status & 0xFFFFFFFF
-        reply.complete(None, status, iosb.Information if status < 0xC0000000 else 0, b"")
+        reply.complete(None, *_fast_write_outcome(iosb), b"")
         return True
     finally:
         _unlock_file(fo)
+
+
+def _fast_write_outcome(iosb: IO_STATUS_BLOCK) -> tuple[int, int]:
+    """(status, Information to answer with) of a fast write the routine did."""
+    status = iosb.Status & 0xFFFFFFFF
+    return status, (iosb.Information if status < 0xC0000000 else 0)
 
 
 def _attach_buffer(irp: IRP, buf: bytearray, addr: int, process) -> None:
