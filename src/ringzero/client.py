@@ -26,6 +26,7 @@ import threading
 import time
 
 from ringzero import paths
+from ringzero.nt import status as st
 from ringzero.protocol import ring as rings
 from ringzero.protocol import wire
 from ringzero.protocol.wire import K
@@ -212,6 +213,14 @@ class Connection:
             raise KernelGone("the ringzero kernel connection is closed")
         rid = next(self._rid)
         slot = _Slot()
+        if len(payload) + len(body) > self.max_payload:
+            # More than one frame may carry (an IOCTL's input travels in its
+            # frame): refused here, as the I/O manager refuses a system buffer
+            # it cannot allocate; sent, it would be the kernel's protocol error
+            # and cost this program its connection.
+            slot.done = True
+            slot.status = st.STATUS_INSUFFICIENT_RESOURCES
+            return rid, slot
         slot.sink = sink
         slot.push = push
         slot.keep = keep

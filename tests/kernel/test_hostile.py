@@ -229,6 +229,28 @@ def test_huge_buffer_lengths_are_refused_without_allocating_them(hk):
     others_carry_on(hk)
 
 
+@pytest.mark.parametrize("overlapped", [False, True])
+def test_an_input_too_large_for_a_frame_fails_the_call_not_the_connection(hk, overlapped):
+    """An IOCTL's input travels in its request's frame: one over the frame's
+    limit fails with ERROR_NO_SYSTEM_RESOURCES, as a system buffer the I/O
+    manager cannot allocate does, and the program goes on talking."""
+    conn = client.connection()
+    flags = win32con.FILE_FLAG_OVERLAPPED if overlapped else 0
+    h = win32file.CreateFile(r"\\.\Recorder", win32con.GENERIC_READ, 0, None, win32con.OPEN_EXISTING, flags, None)
+    ov = None
+    if overlapped:
+        ov = pywintypes.OVERLAPPED()
+        ov.hEvent = win32event.CreateEvent(None, True, False, None)
+    with pytest.raises(pywintypes.error) as e:
+        win32file.DeviceIoControl(h, R.IOCTL_WHOAMI, b"a" * (conn.max_payload + 1), 16, ov)
+    assert e.value.winerror == winerror.ERROR_NO_SYSTEM_RESOURCES
+    assert client.connection() is conn and not conn.closed
+    assert len(win32file.DeviceIoControl(h, R.IOCTL_WHOAMI, b"a" * 1000, 16, ov)) == 16
+    assert not protocol_errors()
+    h.Close()
+    others_carry_on(hk)
+
+
 def test_a_program_that_never_speaks_costs_no_process_and_blocks_nobody(hk):
     before = processes()
     silent = [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(20)]
