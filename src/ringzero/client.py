@@ -552,6 +552,7 @@ os.register_at_fork(after_in_child=_after_fork)
 # -- the embedded kernel ------------------------------------------------------------
 
 _embedded: subprocess.Popen | None = None
+_embedded_dir: str | None = None     # its socket's and state's directory, its own
 
 
 def kernel_running(path: str | None = None) -> bool:
@@ -569,7 +570,7 @@ def start_embedded_kernel(quiet: bool = True, timeout: float = 15.0, verbose: bo
     """Start a kernel as a child on a private socket for this program (and the
     programs it starts, through RINGZERO_SOCKET); it stops when we exit.  With
     `verbose`, its debug log (DbgPrint, faults) goes to our stderr."""
-    global _embedded
+    global _embedded, _embedded_dir
     import tempfile
     d = tempfile.mkdtemp(prefix="ringzero-embedded-")
     path = os.path.join(d, "kernel.sock")
@@ -579,8 +580,9 @@ def start_embedded_kernel(quiet: bool = True, timeout: float = 15.0, verbose: bo
     def die_with_parent():
         _libc.prctl(PR_SET_PDEATHSIG, 15, 0, 0, 0)
 
-    cmd = [sys.executable, "-m", "ringzero.kernel", "--socket", path, "--state", state, "--quiet",
+    cmd = [sys.executable, "-m", "ringzero.kernel", "--socket", path, "--state", state, "--scratch", d, "--quiet",
            *(("--verbose",) if verbose else ())]
+    _embedded_dir = d
     _embedded = subprocess.Popen(cmd, preexec_fn=die_with_parent, stdin=subprocess.DEVNULL,
                                  stdout=subprocess.DEVNULL,
                                  stderr=None if verbose or not quiet else subprocess.DEVNULL)
@@ -589,7 +591,7 @@ def start_embedded_kernel(quiet: bool = True, timeout: float = 15.0, verbose: bo
         if _embedded.poll() is not None:
             raise RuntimeError(f"the embedded ringzero kernel exited at start (code {_embedded.returncode})")
         if time.monotonic() > deadline:
-            _embedded.kill()
+            stop_embedded_kernel()
             raise RuntimeError("the embedded ringzero kernel did not start listening in time")
         time.sleep(0.02)
     os.environ[paths.ENV_SOCKET] = path
@@ -604,15 +606,22 @@ def embedded_kernel_pid() -> int | None:
 
 
 def stop_embedded_kernel() -> None:
-    global _embedded
+    """Stop the embedded kernel; its directory (socket, state) goes with it,
+    removed by the kernel as it stops or here if it could not."""
+    global _embedded, _embedded_dir
     disconnect()
     p, _embedded = _embedded, None
+    d, _embedded_dir = _embedded_dir, None
     if p is not None and p.poll() is None:
         p.terminate()
         try:
             p.wait(timeout=10)
         except subprocess.TimeoutExpired:
             p.kill()
+            p.wait()
+    if d is not None:
+        import shutil
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def ensure_kernel(quiet: bool = True, verbose: bool = False) -> tuple[str, bool]:

@@ -120,3 +120,26 @@ def test_verbose_prints_the_debug_log_of_the_kernel_started_for_it(tmp_path):
     r = ringzero_run(tmp_path, "--load", "hello.py", "nothing.py")
     assert r.returncode == 0, r.stderr
     assert "DriverEntry ran" not in r.stderr
+
+
+def test_an_embedded_kernel_leaves_no_directory_behind(tmp_path):
+    """Its socket and state live in a directory of its own, gone when it stops:
+    after the program that started it exits, and after one killed with -9."""
+    from conftest import wait_until
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    (tmp_path / "prog.py").write_text("import os, win32file\nprint(os.path.dirname(os.environ['RINGZERO_SOCKET']))\n")
+    env = dict(os.environ, TMPDIR=str(scratch))
+    r = subprocess.run([sys.executable, "-m", "ringzero.cli.main", "run", "prog.py"], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=120, env=dict(env, PYTHONPATH=SRC, RINGZERO_SOCKET=str(tmp_path / "none.sock")))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().startswith(str(scratch / "ringzero-embedded-"))
+    assert list(scratch.iterdir()) == []
+    killed = subprocess.run([sys.executable, "-c", "import os, signal\n"
+                             "from ringzero import client\n"
+                             "print(client.start_embedded_kernel(), flush=True)\n"
+                             "os.kill(os.getpid(), signal.SIGKILL)\n"],
+                            capture_output=True, text=True, timeout=60, env=dict(env, PYTHONPATH=SRC))
+    assert killed.returncode == -9
+    assert killed.stdout.strip().startswith(str(scratch / "ringzero-embedded-"))
+    assert wait_until(lambda: list(scratch.iterdir()) == [], timeout=20), list(scratch.iterdir())

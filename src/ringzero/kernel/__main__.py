@@ -20,9 +20,10 @@ def main(argv=None) -> int:
     ap.add_argument("--max-pool", type=parse_size, default=None)
     ap.add_argument("--max-io-memory", type=parse_size, default=None)
     ap.add_argument("--priority-boost", type=int, default=PRIORITY_BOOST)
+    ap.add_argument("--scratch", help="a directory of this kernel's own (its socket's and state's), removed when it stops")
     a = ap.parse_args(argv)
     return run(a.socket, a.load, a.state, a.verbose, a.quiet, not a.no_verifier, a.fault_limit, a.max_handles,
-               a.max_pending, a.max_pool, a.max_io_memory, a.priority_boost)
+               a.max_pending, a.max_pool, a.max_io_memory, a.priority_boost, a.scratch)
 
 
 if __name__ == "__main__":

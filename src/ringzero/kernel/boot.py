@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -135,8 +136,20 @@ def raise_priority(boost: int) -> str | None:
 
 def run(socket_path: str | None, loads: list[str], state_dir: str | None, verbose: bool, quiet: bool = False,
         verifier_enabled: bool = True, fault_limit: int = 0, max_handles: int = 1 << 20, max_pending: int = 0,
-        max_pool: int | None = None, max_io_memory: int | None = None, priority_boost: int = PRIORITY_BOOST) -> int:
-    """Foreground kernel: prints where it listens, stops cleanly on SIGINT/SIGTERM."""
+        max_pool: int | None = None, max_io_memory: int | None = None, priority_boost: int = PRIORITY_BOOST,
+        scratch: str | None = None) -> int:
+    """Foreground kernel: prints where it listens, stops cleanly on SIGINT/SIGTERM.
+    `scratch`, a directory of its own (an embedded kernel's), goes when it stops."""
+    try:
+        return _run(socket_path, loads, state_dir, verbose, quiet, verifier_enabled, fault_limit, max_handles,
+                    max_pending, max_pool, max_io_memory, priority_boost)
+    finally:
+        if scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _run(socket_path, loads, state_dir, verbose, quiet, verifier_enabled, fault_limit, max_handles, max_pending,
+         max_pool, max_io_memory, priority_boost) -> int:
     priority_note = raise_priority(priority_boost)
     if max_pool is not None:
         pool.limit = max_pool
