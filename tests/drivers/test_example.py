@@ -789,6 +789,17 @@ def test_usedriver3_follow_stops_on_ctrl_c_whenever_it_comes(ex):
         win32file.ReadFile(h, 4096)         # what it did not get to read
 
 
+def test_usedriver3_says_so_when_the_kernel_stops_under_it(ex):
+    r = sample(ex, "usedriver3", "HELLO", "--follow", stdin=subprocess.DEVNULL)
+    assert "Ctrl-C stops" in r.stderr.readline()
+    ex.proc.kill()                           # the kernel, gone at once
+    ex.proc.wait()
+    assert r.wait(30) == 1
+    err = r.stderr.read()
+    assert "the ringzero kernel closed the connection" in err and "is gone with it" in err
+    assert "Traceback" not in err
+
+
 def test_the_demo_scene(ex):
     r = ex.run('''
         from rich.console import Console
@@ -797,5 +808,24 @@ def test_the_demo_scene(ex):
     ''')
     assert r.stdout.strip().endswith("True")
     assert "'nothing crosses over.'" in r.stdout
+    assert pool_in_use(ex) == 0
+    no_faults(ex)
+
+
+def test_the_demo_scene_leaves_a_name_in_use_to_its_programs(ex):
+    """A program already on HELLO (a reader in another terminal, say) keeps
+    what is written there: the scene's first pair takes a name of its own."""
+    h = pipe("HELLO")
+    win32file.WriteFile(h, b"mine\n")
+    r = ex.run('''
+        from rich.console import Console
+        from ringzero.samples.usedriver2 import demo
+        print(demo(Console(width=200)))
+    ''')
+    assert r.stdout.strip().endswith("True")
+    assert "HELLO is in use on this kernel (1 handles open, 5 bytes queued)" in r.stdout
+    assert win32file.ReadFile(h, 4096)[1] == b"mine\n"          # nothing of the scene's came here
+    assert query(h).ReferenceCount == 1
+    h.Close()
     assert pool_in_use(ex) == 0
     no_faults(ex)

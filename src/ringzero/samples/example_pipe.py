@@ -5,6 +5,7 @@ scene in which two pairs of them talk through the driver at once.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import selectors
 import signal
@@ -62,6 +63,8 @@ def run_on_pipe(name: str, body, prog: str) -> None:
         return
     except pywintypes.error as e:
         raise click.ClickException(f"{e.funcname} on {pipe_path(name)} failed: {e.strerror} (Win32 error {e.winerror})") from None
+    except (client.KernelGone, client.KernelNotRunning) as e:
+        raise click.ClickException(f"{e}; {pipe_path(name)} is gone with it") from None
     h.Close()
 
 
@@ -111,6 +114,29 @@ class _Lines:
         return line.decode("utf-8", "replace")
 
 
+def _names_free_on_this_kernel(console) -> dict[str, list[str]]:
+    """SCENE, with a name of its own for each context another program has open
+    or has left data in (a `usedriver3 HELLO --follow` in another terminal would
+    otherwise take this scene's lines): asked of the driver (IOCTL_EXAMPLE_QUERY)."""
+    from ringzero.drivers.example_ioctl import IOCTL_EXAMPLE_QUERY, EXAMPLE_QUERY_INFORMATION, query_name
+    probe = win32file.CreateFile(pipe_path(f"demo-probe-{os.getpid()}"), 0, 0, None, win32file.OPEN_EXISTING, 0, None)
+    scene = {}
+    try:
+        for name, lines in SCENE.items():
+            q = EXAMPLE_QUERY_INFORMATION.from_buffer_copy(
+                win32file.DeviceIoControl(probe, IOCTL_EXAMPLE_QUERY, query_name(name),
+                                          ctypes.sizeof(EXAMPLE_QUERY_INFORMATION)))
+            if q.ReferenceCount or q.BytesQueued:
+                own = f"{name}-{os.getpid()}"
+                console.print(f"  [yellow]{name} is in use on this kernel ({q.ReferenceCount} handles open, "
+                              f"{q.BytesQueued} bytes queued): this pair uses {own}[/yellow]")
+                name = own
+            scene[name] = lines
+    finally:
+        probe.Close()
+    return scene
+
+
 def demo(console=None, timeout: float = 20.0) -> bool:
     """Two programs exchange text through \\\\.\\Example\\HELLO while a second pair
     uses \\\\.\\Example\\Temp: each pair is a `usedriver2 NAME` fed lines on its
@@ -127,11 +153,12 @@ def demo(console=None, timeout: float = 20.0) -> bool:
     except client.CallFailed as e:
         if e.status != st.STATUS_IMAGE_ALREADY_LOADED:
             raise
+    scene = _names_free_on_this_kernel(console)
     procs: list[subprocess.Popen] = []
     readers, writers, out = {}, {}, {}
     ok = True
     try:
-        for name in SCENE:
+        for name in scene:
             r = subprocess.Popen(_python_m("ringzero.samples.usedriver3", name, "--follow"),
                                  stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             procs.append(r)
@@ -140,14 +167,14 @@ def demo(console=None, timeout: float = 20.0) -> bool:
             if ready is None:
                 raise RuntimeError(f"usedriver3 {name} did not start: {r.stderr.read().decode(errors='replace')}")
             console.print(f"  [cyan]usedriver3 {name}[/cyan] (pid {r.pid}) is waiting for data")
-        for name in SCENE:
+        for name in scene:
             w = subprocess.Popen(_python_m("ringzero.samples.usedriver2", name), stdin=subprocess.PIPE,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             procs.append(w)
             writers[name] = w
             console.print(f"  [green]usedriver2 {name}[/green] (pid {w.pid}) started")
-        for i in range(max(len(v) for v in SCENE.values())):
-            for name, lines in SCENE.items():
+        for i in range(max(len(v) for v in scene.values())):
+            for name, lines in scene.items():
                 if i >= len(lines):
                     continue
                 w = writers[name]

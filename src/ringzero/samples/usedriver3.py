@@ -14,6 +14,7 @@ import threading
 
 import click
 
+from ringzero import client
 from ringzero.drivers.example_ioctl import EXAMPLE_BLOCKING_READS, IOCTL_EXAMPLE_SET_BLOCKING
 from ringzero.samples.example_pipe import pipe_path, run_on_pipe
 from ringzero.win32 import pywintypes, win32file
@@ -46,6 +47,8 @@ def _follow(h, name: str) -> None:
         except pywintypes.error as e:
             if e.winerror != ERROR_OPERATION_ABORTED:
                 failure.append(e)
+        except client.KernelGone as e:      # the kernel stopped: said by the main thread
+            failure.append(e)
         finally:
             finished.set()
 
