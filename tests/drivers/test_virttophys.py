@@ -131,6 +131,11 @@ def test_the_sample_prints_the_seeds_table_and_leaves_nothing_behind(bare_kernel
     modules = json.loads(r.stdout)["modules"]
     assert len(modules) == 5 and modules[4] == {"module": "0x1000", "base": unmapped, "physical": 0}
     assert modules[0]["physical"] != 0
+    r = subprocess.run([sys.executable, "-m", "ringzero.samples.virttophys", "--address", f"{unmapped:x}"],
+                       env=bare_kernel.env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[-1].split() == ["0x1000", f"{unmapped:016X}", "0" * 16, "(no", "page", "there:",
+                                                 "MmGetPhysicalAddress", "gives", "0)"]
     nothing_left(bare_kernel)
 
 

@@ -153,7 +153,9 @@ def _ask_driver(rows):
 def table(result) -> str:
     width = max([len("Modules")] + [len(name) for name, _, _ in result])
     lines = [f"{'Modules':<{width}}  {'BASE':<16}  Physical", "-" * (width + 36)]
-    lines += [f"{name:<{width}}  {base:016X}  {phys:016X}" for name, base, phys in result]
+    lines += [f"{name:<{width}}  {base:016X}  {phys:016X}" + ("  (no page there: MmGetPhysicalAddress gives 0)"
+                                                              if not phys else "")
+              for name, base, phys in result]
     return "\n".join(lines)
 
 
