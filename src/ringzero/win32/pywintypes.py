@@ -40,6 +40,24 @@ def raise_status(status: int, funcname: str):
     raise_for(RtlNtStatusToDosError(status), funcname)
 
 
+_NO_HANDLE = (1 << 64) - 1      # a value no handle table hands out (INVALID_HANDLE_VALUE's bits)
+
+
+def handle_value(handle) -> int:
+    """A handle as the wire carries it, an unsigned 64-bit value: None is 0, a
+    negative one (INVALID_HANDLE_VALUE, a pseudo-handle) its two's complement,
+    and one no HANDLE can hold a value that is no handle, so that the kernel
+    answers ERROR_INVALID_HANDLE for it as for any other bad handle."""
+    if handle is None:
+        return 0
+    h = int(handle)
+    if 0 <= h < 1 << 64:
+        return h
+    if -(1 << 63) <= h < 0:
+        return h + (1 << 64)
+    return _NO_HANDLE
+
+
 class HANDLEType:
     """A kernel handle of this process (pywin32's PyHANDLE): int(), Close(),
     Detach(), and a context manager that closes it."""

@@ -1,6 +1,6 @@
 """The few win32api calls programs use with devices: CloseHandle, GetLastError,
-FormatMessage, GetCurrentProcessId, GetCurrentThreadId, DuplicateHandle, and
-Sleep and GetTickCount."""
+FormatMessage, GetCurrentProcess, GetCurrentProcessId, GetCurrentThreadId,
+DuplicateHandle, and Sleep and GetTickCount."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from ringzero import client
 from ringzero.protocol import wire
 from ringzero.protocol.wire import K
 from ringzero.win32 import pywintypes
-from ringzero.win32.winerror import format_message
+from ringzero.win32.winerror import ERROR_INVALID_HANDLE, format_message
 
 
 def CloseHandle(handle) -> None:
-    status, _, _ = client.connection().request(K.CLOSE_HANDLE, wire.HANDLE.pack(int(handle)))
+    status, _, _ = client.connection().request(K.CLOSE_HANDLE, wire.HANDLE.pack(pywintypes.handle_value(handle)))
     if status:
         pywintypes.raise_status(status, "CloseHandle")
 
@@ -54,11 +54,31 @@ def GetTickCount() -> int:
     return int(time.clock_gettime(time.CLOCK_BOOTTIME) * 1000) & 0xFFFFFFFF
 
 
+DUPLICATE_CLOSE_SOURCE = 0x00000001
+DUPLICATE_SAME_ACCESS = 0x00000002
+_CURRENT_PROCESS = -1
+
+
+def GetCurrentProcess() -> int:
+    """The pseudo-handle -1, which stands for this process where a call takes
+    a process handle (DuplicateHandle's); it need not be closed."""
+    return _CURRENT_PROCESS
+
+
 def DuplicateHandle(hSourceProcess, hSource, hTargetProcess, desiredAccess: int, bInheritHandle: bool, options: int):
-    """Within this process only (the source and target process are ours)."""
-    DUPLICATE_SAME_ACCESS = 2
+    """Within this process only: both process handles must be
+    GetCurrentProcess()'s (ERROR_INVALID_HANDLE otherwise, there being no
+    handles to other processes here).  A generic desiredAccess is mapped
+    through the object's type, as NT's is; DUPLICATE_CLOSE_SOURCE closes
+    hSource, whether or not the duplicate could be made."""
+    current = pywintypes.handle_value(_CURRENT_PROCESS)
+    if pywintypes.handle_value(hSourceProcess) != current or pywintypes.handle_value(hTargetProcess) != current:
+        pywintypes.raise_for(ERROR_INVALID_HANDLE, "DuplicateHandle")
     access = 0 if options & DUPLICATE_SAME_ACCESS else desiredAccess
-    status, h, _ = client.connection().request(K.DUPLICATE_HANDLE, wire.DUPLICATE.pack(int(hSource), access))
+    source = pywintypes.handle_value(hSource)
+    status, h, _ = client.connection().request(K.DUPLICATE_HANDLE, wire.DUPLICATE.pack(source, access))
+    if options & DUPLICATE_CLOSE_SOURCE:
+        client.connection().request(K.CLOSE_HANDLE, wire.HANDLE.pack(source))
     if status & 0xC0000000 == 0xC0000000:
         pywintypes.raise_status(status, "DuplicateHandle")
     return pywintypes.HANDLEType(h)

@@ -63,13 +63,13 @@ def OpenMutex(desiredAccess: int, bInheritHandle: bool, name: str) -> pywintypes
 
 def ReleaseMutex(hMutex) -> None:
     """ERROR_NOT_OWNER unless this thread owns it."""
-    status, _, _ = client.connection().request(K.RELEASE_MUTANT, wire.HANDLE.pack(int(hMutex)))
+    status, _, _ = client.connection().request(K.RELEASE_MUTANT, wire.HANDLE.pack(pywintypes.handle_value(hMutex)))
     if not st.NT_SUCCESS(status):
         pywintypes.raise_status(status, "ReleaseMutex")
 
 
 def _event_op(handle, op: int, funcname: str) -> int:
-    status, prev, _ = client.connection().request(K.EVENT_OP, wire.EVENT_OP.pack(int(handle), op))
+    status, prev, _ = client.connection().request(K.EVENT_OP, wire.EVENT_OP.pack(pywintypes.handle_value(handle), op))
     if not st.NT_SUCCESS(status):
         pywintypes.raise_status(status, funcname)
     return prev
@@ -88,7 +88,10 @@ def PulseEvent(hEvent) -> None:
 
 
 def _wait(handles, wait_all: bool, milliseconds: int, funcname: str) -> int:
-    hs = [int(h) for h in handles]
+    hs = [pywintypes.handle_value(h) for h in handles]
+    if milliseconds is not None and not -1 <= milliseconds <= 0xFFFFFFFF:
+        raise OverflowError(f"{funcname}: the timeout is a DWORD of milliseconds (0 to 0xFFFFFFFF, or INFINITE), "
+                            f"not {milliseconds}")
     timeout = -1 if milliseconds is None or (milliseconds & 0xFFFFFFFF) == INFINITE else milliseconds
     payload = wire.WAIT.pack(bool(wait_all), 0, len(hs), timeout) + struct.pack(f"<{len(hs)}Q", *hs)
     status, _, _ = client.connection().request(K.WAIT, payload)

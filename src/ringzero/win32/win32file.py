@@ -29,10 +29,7 @@ METHOD_NEITHER = 3
 METHOD_IN_DIRECT = 1
 
 
-def _h(handle) -> int:
-    if handle is None:
-        return 0
-    return int(handle)
+_h = pywintypes.handle_value
 
 
 def _fail(status: int, funcname: str):

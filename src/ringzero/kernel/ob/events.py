@@ -297,7 +297,11 @@ def duplicate_handle(process, handle: int, desired: int, same_access: bool) -> t
         e = process.handles.get(handle)
     except HandleError as err:
         return err.status, 0
-    access = e.access if same_access else desired
+    if same_access:
+        access = e.access
+    else:
+        kind = _KIND_OF.get(e.obj.type_name)
+        access = acc.map_generic(desired, kind.mapping if kind is not None else acc.FILE_GENERIC_MAPPING)
     if access & ~e.access:
         return st.STATUS_ACCESS_DENIED, 0
     try:
