@@ -24,7 +24,7 @@ TEST_DRIVERS = os.path.join(ROOT, "tests", "drivers")
 
 
 class KernelProcess:
-    def __init__(self, tmp_path, loads=(), extra_args=()):
+    def __init__(self, tmp_path, loads=(), extra_args=(), preexec_fn=None):
         self.dir = tmp_path
         # a directory other users can reach, so programs run as them can connect
         self.sockdir = tempfile.mkdtemp(prefix="rz-test-")
@@ -41,7 +41,8 @@ class KernelProcess:
         for image in loads:
             cmd += ["--load", image]
         cmd += list(extra_args)
-        self.proc = subprocess.Popen(cmd, env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(cmd, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
+                                     preexec_fn=preexec_fn)
         deadline = time.monotonic() + 20
         from ringzero import client
         while not client.kernel_running(self.socket):
@@ -147,9 +148,9 @@ def unprivileged_python() -> str:
     pytest.skip(f"no Python >= 3.11 that uid {NOBODY} may execute (tried {candidates})")
 
 
-def start_kernel(tmp_path, monkeypatch, loads=(), extra_args=()) -> KernelProcess:
+def start_kernel(tmp_path, monkeypatch, loads=(), extra_args=(), preexec_fn=None) -> KernelProcess:
     """A kernel process this test process is (from now on) a program of."""
-    k = KernelProcess(tmp_path, loads=loads, extra_args=extra_args)
+    k = KernelProcess(tmp_path, loads=loads, extra_args=extra_args, preexec_fn=preexec_fn)
     monkeypatch.setenv("RINGZERO_SOCKET", k.socket)
     monkeypatch.setenv("RINGZERO_STATE", k.state)
     from ringzero import client

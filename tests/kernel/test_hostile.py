@@ -533,3 +533,46 @@ def test_pool_limit_fails_allocations_not_the_kernel(tmp_path, monkeypatch):
         assert client.connection().call("kernel.info")["pool"]["in_use"] == 0
     finally:
         k.stop()
+
+
+def _few_descriptors():
+    import resource
+    resource.setrlimit(resource.RLIMIT_NOFILE, (600, 600))
+
+
+def test_a_program_opening_without_end_runs_out_before_the_kernels_descriptors_do(tmp_path, monkeypatch):
+    """Each Example name holds a pool section (its ring, a page), and each
+    section two of the kernel's descriptors: at the section limit, three
+    quarters of them, the opens fail with ERROR_NO_SYSTEM_RESOURCES as at the
+    pool limit, and a new program still connects, with its rings, and is served."""
+    k = start_kernel(tmp_path, monkeypatch, loads=[RECORDER], preexec_fn=_few_descriptors)
+    try:
+        k.load("ringzero.drivers.example", "Example")
+        handles = []
+        with pytest.raises(pywintypes.error) as e:
+            for i in range(1000):
+                handles.append(win32file.CreateFile("\\\\.\\Example\\N%d" % i, win32con.GENERIC_READ, 0, None,
+                                                    win32con.OPEN_EXISTING, 0, None))
+        assert e.value.winerror == winerror.ERROR_NO_SYSTEM_RESOURCES
+        assert 150 < len(handles) <= 600 * 3 // 4 // 2
+        warnings = [r["text"] for r in client.connection().call("dbg.recent", count=4096)
+                    if r["level"] == "warning" and "section limit reached" in r["text"]]
+        assert len(warnings) == 1
+        r = k.run("""
+            from ringzero import client
+            from ringzero.win32 import win32file, win32con
+            h = win32file.CreateFile(r"\\\\.\\Recorder", win32con.GENERIC_READ, 0, None, win32con.OPEN_EXISTING, 0, None)
+            assert len(win32file.DeviceIoControl(h, %d, None, 16)) == 16
+            print("rings", client.connection().resp_ring is not None)
+        """ % R.IOCTL_WHOAMI)
+        assert r.stdout.split() == ["rings", "True"]
+        for h in handles[:10]:
+            h.Close()
+        more = [win32file.CreateFile("\\\\.\\Example\\M%d" % i, win32con.GENERIC_READ, 0, None,
+                                     win32con.OPEN_EXISTING, 0, None) for i in range(10)]
+        for h in handles[10:] + more:
+            h.Close()
+        assert client.connection().call("kernel.info")["pool"]["in_use"] == 0
+        others_carry_on(k)
+    finally:
+        k.stop()

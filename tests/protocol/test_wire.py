@@ -92,6 +92,22 @@ def test_descriptors_claimed_by_the_frame_that_announces_them():
         program.next_frame()
 
 
+def test_descriptors_the_receiver_had_no_room_for_are_not_the_senders_error():
+    """recvmsg's MSG_CTRUNC (the receiving process out of descriptors): the
+    frame comes with those that arrived, marked short, for its handler to
+    refuse; the next one is checked as strictly as ever."""
+    kernel, program = pair()
+    f = Frame(Kind.ATTACH_RING, 7, b"", fds=[10, 11, 12])
+    kernel.receive_data(program.send(f), [10])
+    kernel.fds_lost = True
+    got = kernel.next_frame()
+    assert (got.kind, got.rid, got.fds, kernel.short) == (Kind.ATTACH_RING, 7, [10], True)
+    assert not kernel.fds_lost
+    kernel.receive_data(program.send(Frame(Kind.ATTACH_RING, 8, b"", fds=[1, 2, 3])))
+    with pytest.raises(RemoteProtocolError, match="announces 3 descriptors"):
+        kernel.next_frame()
+
+
 def test_sending_rules():
     program = Connection(Role.PROGRAM)
     with pytest.raises(LocalProtocolError, match="HELLO must be sent first"):

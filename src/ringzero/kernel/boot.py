@@ -88,7 +88,8 @@ def _lean_threads() -> None:
 
 
 def _raise_fd_limit() -> None:
-    """Each connected program costs the kernel a few descriptors; take what we may."""
+    """Each connected program costs the kernel a few descriptors, and each pool
+    section two (pool.section_limit): take what we may."""
     import resource
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:

@@ -367,10 +367,12 @@ class ProgramConnection:
                         buf = bytearray(RECV_SIZE)
                         view = memoryview(buf)
                     try:
-                        n, anc, _flags, _addr = self.sock.recvmsg_into([view], _ANC_SPACE)
+                        n, anc, flags, _addr = self.sock.recvmsg_into([view], _ANC_SPACE)
                     except OSError:
-                        n, anc = 0, ()
+                        n, anc, flags = 0, (), 0
                     fds = _fds_of(anc)
+                    if flags & socket.MSG_CTRUNC:
+                        proto.fds_lost = True    # (this process is out of descriptors)
                     if n == 0:
                         for fd in fds:
                             os.close(fd)
@@ -563,6 +565,14 @@ class ProgramConnection:
             raise wire.RemoteProtocolError(f"{Kind(kind).name} is not a request")
 
     def _attach_ring(self, rid: int, fds: list[int]) -> None:
+        if self.proto.short and self.channel is None:
+            # its descriptors did not arrive: the kernel had no room for them
+            for fd in fds:
+                os.close(fd)
+            dbg.emit(f"pid {self.process.pid}: no descriptors left for its rings; it talks over its socket",
+                     level="warning", source="kernel")
+            self._reply(rid, st.STATUS_INSUFFICIENT_RESOURCES)
+            return
         if len(fds) != 3 or self.channel is not None or not all(_is_eventfd(fd) for fd in fds[1:]):
             for fd in fds:
                 os.close(fd)
@@ -779,13 +789,23 @@ class KernelHost:
     def serve_forever(self) -> None:
         assert self.listener is not None
         lst = self.listener
+        short = False
         while not self._stop.is_set():
             try:
                 sock, _ = lst.accept()
-            except OSError:
+            except OSError as e:
                 if self._stop.is_set():
                     break
+                if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    # the program waits in the backlog; trying again at once would
+                    # only spin this thread until a descriptor is free
+                    if not short:
+                        dbg.emit(f"cannot accept a program: {e.strerror}; it waits until descriptors are free",
+                                 level="warning", source="kernel")
+                    short = True
+                    self._stop.wait(0.05)
                 continue
+            short = False
             conn = ProgramConnection(self, sock)
             self.connections.add(conn)
             if not conn.start_reader():

@@ -160,7 +160,7 @@ class Connection:
     socket layer delivers a sendmsg's descriptors no later than its first byte.
     """
 
-    __slots__ = ("role", "state", "max_payload", "peer_pid", "_buf", "_pos", "_fds",
+    __slots__ = ("role", "state", "max_payload", "peer_pid", "_buf", "_pos", "_fds", "fds_lost", "short",
                  "_sent_handshake", "_got_handshake")
 
     def __init__(self, role: Role, max_payload: int = DEFAULT_MAX_PAYLOAD):
@@ -171,6 +171,8 @@ class Connection:
         self._buf = bytearray()
         self._pos = 0
         self._fds: list[int] = []
+        self.fds_lost = False      # the receiver was short of descriptors (MSG_CTRUNC): some never arrived
+        self.short = False         # the last frame came with fewer descriptors than it announced, for that reason
         self._sent_handshake = False
         self._got_handshake = False
 
@@ -204,13 +206,22 @@ class Connection:
         if len(buf) < end:
             return None
         if nfds > len(self._fds):
-            raise RemoteProtocolError(f"frame announces {nfds} descriptors, {len(self._fds)} arrived")
+            if not self.fds_lost:
+                raise RemoteProtocolError(f"frame announces {nfds} descriptors, {len(self._fds)} arrived")
+            # the receiving side had no room for them, not the sender's fault: the
+            # frame comes with those that arrived, for its handler to refuse
+            self.fds_lost = False
+            nfds = len(self._fds)
+            short = True
+        else:
+            short = False
         payload = bytes(buf[pos + HEADER_SIZE:end])
         self._pos = end
         fds = self._fds[:nfds]
         del self._fds[:nfds]
         frame = Frame(kind, rid, payload, flags, tid, fds)
         self._check_incoming(frame)
+        self.short = short
         return frame
 
     def partial_frame_size(self) -> int:

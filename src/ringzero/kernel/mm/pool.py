@@ -18,6 +18,7 @@ from __future__ import annotations
 import itertools
 import mmap
 import os
+import resource
 import threading
 from dataclasses import dataclass
 
@@ -75,6 +76,23 @@ limit = default_limit()    # bytes of pool (paged and nonpaged together) live at
 in_use = 0                 # bytes of pool live now
 _refused_at = -1           # `in_use` when an allocation was last refused (to log once per crossing)
 
+# A section costs the kernel two descriptors (its memfd, and the mmap's own
+# copy), and descriptors run out long before memory does: a program opening one
+# Example name after another (a context and its ring, a page) would otherwise
+# take them all, and then no new program could even connect.  Sections may hold
+# this share of the kernel's descriptors; past it, an allocation of a page or
+# more fails (NULL) as at the pool limit, and the rest stay for connections.
+SECTION_FD_SHARE = 0.75
+FDS_PER_SECTION = 2
+sections = 0               # sections live now
+_sections_refused = False  # (to log once per crossing)
+
+
+def section_limit() -> int:
+    """How many sections may be live at once, under this process's descriptor limit now."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return max(16, int(soft * SECTION_FD_SHARE) // FDS_PER_SECTION)
+
 
 def tag_text(tag: int) -> str:
     return "".join(chr(b) if 32 <= b < 127 else "." for b in tag.to_bytes(4, "little"))
@@ -101,28 +119,39 @@ def _new_block(size: int):
 def ExAllocatePoolWithTag(PoolType: int, NumberOfBytes: int, Tag: int | str):
     if isinstance(Tag, str):
         Tag = make_tag(Tag)
-    global in_use, _refused_at
+    global in_use, _refused_at, sections, _sections_refused
     if NumberOfBytes < 0 or NumberOfBytes > (1 << 31):
         return None
+    section = NumberOfBytes >= PAGE_SIZE
+    why = None
     with _lock:
         if in_use + NumberOfBytes > limit:
             # pool exhausted: NULL, which every driver must check for, as on NT
-            first = _refused_at != in_use
+            if _refused_at != in_use:
+                why = f"pool limit reached: {in_use} of {limit} bytes in use"
             _refused_at = in_use
+            refused = True
+        elif section and sections >= section_limit():
+            if not _sections_refused:
+                why = (f"section limit reached: {sections} blocks of a page or more live, each holding "
+                       f"{FDS_PER_SECTION} of the kernel's descriptors")
+            _sections_refused = refused = True
         else:
             in_use += NumberOfBytes
-            first = None
-    if first is not None:
-        if first:
+            sections += section
+            refused = False
+    if refused:
+        if why:
             from ringzero.kernel import dbg
-            dbg.emit(f"pool limit reached: {in_use} of {limit} bytes in use; an allocation of {NumberOfBytes} "
-                     f"bytes (tag {tag_text(Tag)!r}) fails", level="warning")
+            dbg.emit(f"{why}; an allocation of {NumberOfBytes} bytes (tag {tag_text(Tag)!r}) fails",
+                     level="warning")
         return None
     try:
         block = _new_block(max(1, NumberOfBytes))
     except OSError:
         with _lock:
             in_use -= NumberOfBytes
+            sections -= section
         return None
     alloc = Allocation(next(_seq), Tag, NumberOfBytes, PoolType, current.driver)
     paged = 1 if PoolType & 1 else 0
@@ -165,6 +194,10 @@ def ExFreePoolWithTag(P, Tag: int | str = 0) -> None:
 
 
 def _release_section(block: SectionBlock) -> None:
+    global sections, _sections_refused
+    with _lock:
+        sections -= 1
+        _sections_refused = False
     try:
         block.close()
     except BufferError:
