@@ -829,3 +829,47 @@ def test_the_demo_scene_leaves_a_name_in_use_to_its_programs(ex):
     h.Close()
     assert pool_in_use(ex) == 0
     no_faults(ex)
+
+
+def test_a_stopped_reader_does_not_hold_up_the_writer_that_completes_its_reads(ex):
+    """IoCompleteRequest never waits for the program the IRP belongs to: a
+    reader with many blocking reads pending that stops (SIGSTOP) before taking
+    their data holds up neither the writer whose writes complete them (its
+    replies wait for it in the kernel) nor anyone else, and once it runs again
+    it gets every byte, in order."""
+    chunk, count = 60000, 50
+    reader = ex.spawn(program(f'''
+        import signal
+        from ringzero.win32 import win32event
+        h = pipe("STOPPED", win32file.FILE_FLAG_OVERLAPPED)
+        set_blocking(h)
+        reads = []
+        for _ in range({count}):
+            ov = pywintypes.OVERLAPPED()
+            ov.hEvent = win32event.CreateEvent(None, True, False, None)
+            _, buf = win32file.ReadFile(h, {chunk}, ov)
+            reads.append((ov, buf))
+        print("pending", flush=True)
+        os.kill(os.getpid(), signal.SIGSTOP)
+        got = b"".join(bytes(buf[:win32file.GetOverlappedResult(h, ov, True)]) for ov, buf in reads)
+        print(len(got), got == b"".join(bytes([i]) * {chunk} for i in range({count})), flush=True)
+    '''))
+    assert reader.stdout.readline().strip() == "pending"
+    assert wait_until(lambda: open(f"/proc/{reader.pid}/stat").read().rsplit(")", 1)[1].split()[0] == "T")
+    h = pipe("STOPPED")
+    for i in range(count):
+        assert win32file.WriteFile(h, bytes([i]) * chunk)[1] == chunk     # each completes the oldest read
+    assert reader.poll() is None                                          # still there, still stopped
+    assert query(h).PendingReads == 0
+    others = ex.run(program('''
+        h = pipe("OTHER")
+        assert write(h, b"x" * 100) == 100
+        print(len(win32file.ReadFile(h, 4096)[1]))
+    '''))
+    assert others.stdout.strip() == "100"
+    os.kill(reader.pid, signal.SIGCONT)
+    out, err = reader.communicate(timeout=60)
+    assert reader.returncode == 0, err
+    assert out.split() == [str(count * chunk), "True"]
+    h.Close()
+    no_faults(ex)

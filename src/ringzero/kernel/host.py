@@ -15,11 +15,13 @@ last handle sending IRP_MJ_CLEANUP, each last reference IRP_MJ_CLOSE).
 from __future__ import annotations
 
 import array
+import collections
 import errno
 import itertools
 import json
 import logging
 import os
+import select
 import socket
 import stat
 import struct
@@ -44,7 +46,8 @@ log = logging.getLogger("ringzero.kernel")
 
 RECV_SIZE = 16 * 1024      # per connection: resident for every connected program
 BIG_RECV_SIZE = 256 * 1024  # while a large frame is arriving
-SEND_TIMEOUT = 10.0
+SEND_TIMEOUT = 10.0        # a program that takes none of its waiting replies for this long is disconnected
+OUTBOX_LIMIT = 64 * 1024 * 1024   # ...and one that leaves more than this waiting
 RUNDOWN_CANCEL_WAIT = 5.0
 _UPCALL_RID = itertools.count(1 << 62)
 _HINT = wire.HEADER.pack(0, K.SOCKET_HINT, 0, 0, 0, 0)
@@ -67,6 +70,65 @@ class CallError(Exception):
         super().__init__(message)
         self.status = status
         self.winerror = winerror
+
+
+class _Outbox:
+    """Replies a program is slow to take from its socket, sent as it makes room
+    for them, by one thread for all programs.  IoCompleteRequest never waits
+    for the program an IRP belongs to: whoever completes it (another program's
+    request, a DPC, a driver's thread) leaves the reply here and goes on."""
+
+    def __init__(self):
+        self.ep = select.epoll()
+        self.lock = threading.Lock()
+        self.waiting: dict[int, "ProgramConnection"] = {}   # socket fd -> its connection
+        self.thread: threading.Thread | None = None
+
+    def add(self, conn: "ProgramConnection") -> bool:
+        """Watch `conn`'s socket for room; False if no thread can send for it."""
+        with self.lock:
+            if conn.out_fd in self.waiting:
+                return True
+            if self.thread is None:
+                t = threading.Thread(target=self._run, name="ringzero-outbox", daemon=True)
+                try:
+                    t.start()
+                except RuntimeError:
+                    return False
+                self.thread = t
+            self.waiting[conn.out_fd] = conn
+            self.ep.register(conn.out_fd, select.EPOLLOUT)
+        return True
+
+    def remove(self, conn: "ProgramConnection") -> None:
+        with self.lock:
+            if self.waiting.get(conn.out_fd) is conn:
+                del self.waiting[conn.out_fd]
+                try:
+                    self.ep.unregister(conn.out_fd)
+                except (OSError, ValueError):
+                    pass
+
+    def _run(self) -> None:
+        while True:
+            try:
+                events = self.ep.poll(0.5)
+                with self.lock:
+                    ready = [self.waiting.get(fd) for fd, _ in events]
+                    everyone = list(self.waiting.values())
+                for conn in ready:
+                    if conn is not None:
+                        conn.send_waiting()
+                now = time.monotonic()
+                for conn in everyone:
+                    if conn.out_since and now - conn.out_since > SEND_TIMEOUT:
+                        with conn.send_lock:
+                            conn.stopped_reading()
+            except Exception as e:  # a bug of ours must not leave replies unsent for good
+                dbg.fault("reply outbox", e)
+
+
+_outbox = _Outbox()
 
 
 class _Req(iofile.Reply):
@@ -186,6 +248,10 @@ class ProgramConnection:
         self.waits: dict = {}        # request id -> the program's wait in progress (an asynchronous wait block)
         self.rundown_done = threading.Event()
         self._rundown_lock = threading.Lock()
+        self.outq: collections.deque = collections.deque()   # replies waiting for room in the socket (_Outbox)
+        self.out_bytes = 0
+        self.out_since = 0.0         # when the waiting replies last moved (0: none wait)
+        self.out_fd = sock.fileno()
         sock.settimeout(None)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", int(SEND_TIMEOUT), 0))
 
@@ -251,21 +317,24 @@ class ProgramConnection:
                 return
         if body:
             data = b"".join((data, body))    # one copy of the reply's data
+        elif type(data) is not bytes:
+            data = bytes(data)                 # (it may be left waiting: its buffer may be reused)
         try:
             if fds:
+                if self.outq:
+                    self._before_block()
+                    self._send_waiting_now()       # (a frame with descriptors, an upcall's, goes after them)
                 self.sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+            elif self.outq:
+                if not self._leave(memoryview(data)):
+                    return
             else:
                 try:
                     n = self.sock.send(data, socket.MSG_DONTWAIT)
                 except BlockingIOError:
                     n = 0
-                if n < len(data):
-                    # the program is slow to read: before this thread blocks, hand its
-                    # role (the ring poller's, a reader's) on, so only this program waits
-                    hook = getattr(ke._hooks, "before_block", None)
-                    if hook is not None:
-                        hook()
-                    self.sock.sendall(memoryview(data)[n:])
+                if n < len(data) and not self._leave(memoryview(data)[n:]):
+                    return
         except OSError as e:
             # the program stopped reading, or is gone: end the connection; the reader runs it down
             if e.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
@@ -283,6 +352,76 @@ class ProgramConnection:
                     ch.ring_doorbell()
             except (wire.ProtocolError, OSError, ValueError):
                 self.abort()
+
+    # -- replies that wait for the program to take them (_Outbox) ----------------------
+
+    @staticmethod
+    def _before_block() -> None:
+        """Before this thread blocks on a slow program: hand its role (the ring
+        poller's, a reader's) on, so only that program waits."""
+        hook = getattr(ke._hooks, "before_block", None)
+        if hook is not None:
+            hook()
+
+    def _leave(self, rest: memoryview) -> bool:
+        """Leave `rest` of a frame for the outbox to send; False if the program
+        has left too much waiting already (it is disconnected).  `send_lock` held."""
+        if self.out_bytes + len(rest) > OUTBOX_LIMIT:
+            self.stopped_reading()
+            return False
+        if not self.outq:
+            self.out_since = time.monotonic()
+        self.outq.append(rest)
+        self.out_bytes += len(rest)
+        if not _outbox.add(self):
+            self._before_block()
+            self._send_waiting_now()       # no thread to send them: this one does, waiting
+        return True
+
+    def send_waiting(self) -> None:
+        """The socket has room: send what waits, as much as goes (the outbox's thread)."""
+        with self.send_lock:
+            q = self.outq
+            try:
+                while q:
+                    head = q[0]
+                    try:
+                        n = self.sock.send(head, socket.MSG_DONTWAIT)
+                    except BlockingIOError:
+                        break
+                    self.out_bytes -= n
+                    self.out_since = time.monotonic()
+                    if n < len(head):
+                        q[0] = head[n:]
+                        break
+                    q.popleft()
+            except OSError:
+                self.abort()             # gone: its reader runs it down
+                self._forget_waiting()
+                return
+            if not q:
+                self._forget_waiting()
+
+    def _send_waiting_now(self) -> None:
+        """Send what waits, blocking (SO_SNDTIMEO bounds each send).  `send_lock` held; raises OSError."""
+        q = self.outq
+        while q:
+            self.sock.sendall(q.popleft())
+        self._forget_waiting()
+
+    def _forget_waiting(self) -> None:
+        self.outq.clear()
+        self.out_bytes = 0
+        self.out_since = 0.0
+        _outbox.remove(self)
+
+    def stopped_reading(self) -> None:
+        """The program takes none of its replies: disconnect it.  `send_lock` held."""
+        if not self.closed:
+            dbg.emit(f"pid {self.process.pid if self.process else '?'} stopped reading its replies; disconnected",
+                     level="fault", source="kernel")
+        self._forget_waiting()
+        self.abort()
 
     def abort(self) -> None:
         """End the connection from our side; the reader sees it and runs the process down."""
@@ -674,6 +813,8 @@ class ProgramConnection:
                 return
             self.closed = True
             proc = self.process
+            with self.send_lock:
+                self._forget_waiting()       # (before its descriptor number can be another's)
             try:
                 self.sock.close()
             except OSError:
