@@ -10,6 +10,7 @@ import time
 import pytest
 
 from conftest import wait_until
+from ringzero.kernel.ringpoll import MAX_SPARE
 from ringzero.win32 import pywintypes, win32con, win32file, winerror
 
 IOCTL = 0x226000  # CTL_CODE(FILE_DEVICE_UNKNOWN, 0x800, METHOD_BUFFERED, FILE_READ_ACCESS)
@@ -130,3 +131,47 @@ sys.stdin.readline()
     assert wait_until(lambda: kernel_fds(shm) <= fds_before, timeout=30)
     handles = shm.call("handles.list")
     assert all(p["views"] == 0 for p in handles)
+
+
+def kernel_threads(k) -> int:
+    return len(os.listdir(f"/proc/{k.pid}/task"))
+
+
+def test_a_program_that_never_answers_its_upcalls_holds_a_bounded_number_of_kernel_threads(shm):
+    """Mapping a view into a program is an upcall a kernel thread waits on: a
+    program that never answers them (here it ignores every MAP_VIEW) may hold
+    64 such threads; the mappings past those fail at once (the driver's
+    __except: ERROR_GEN_FAILURE), and its exit gives every thread back."""
+    threads_before = kernel_threads(shm)
+    p = shm.spawn("""
+import os, sys
+from ringzero import client
+from ringzero.protocol import wire
+from ringzero.protocol.wire import K
+from ringzero.win32 import win32file, win32con
+client.Connection._map_view = lambda self, f: [os.close(fd) for fd in f.fds]     # never answers
+conn = client.connection()
+slots = []
+for _ in range(70):
+    h = win32file.CreateFile(r"\\\\.\\slSharingMemory", win32con.GENERIC_READ, 0, None, win32con.OPEN_EXISTING,
+                             win32con.FILE_FLAG_OVERLAPPED, None)
+    slots.append(conn.start(K.DEVICE_IO_CONTROL, wire.IOCTL.pack(int(h.Detach()), 0x226000, 0, 8, 0, 0, 0),
+                            wire.FLAG_OVERLAPPED)[1])
+import time
+deadline = time.monotonic() + 30      # (a bound on the test, not a timing claim)
+while len([s for s in slots if s.done]) < 6 and time.monotonic() < deadline:
+    conn.wait(slots[0], timeout=0.05)
+print(sorted(hex(s.status) for s in slots if s.done), flush=True)
+sys.stdin.readline()
+""", stdin=__import__("subprocess").PIPE)
+    line = p.stdout.readline().strip()
+    assert line == str([hex(0xC0000001)] * 6), (line, p.stderr.read() if p.poll() is not None else "")
+    assert kernel_threads(shm) <= threads_before + 64 + MAX_SPARE + 4
+    assert "64 upcalls unanswered" in shm.log()
+    p.stdin.write("\n")
+    p.stdin.flush()
+    assert p.wait(timeout=60) == 0
+    # (the ring poller keeps up to MAX_SPARE parked threads for its next handoffs)
+    assert wait_until(lambda: kernel_threads(shm) <= threads_before + MAX_SPARE + 4, timeout=30)
+    assert wait_until(lambda: pool_in_use(shm) == 0, timeout=30)
+    assert shm.call("kernel.info")["mdls"] == 0

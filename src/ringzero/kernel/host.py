@@ -48,6 +48,11 @@ RECV_SIZE = 16 * 1024      # per connection: resident for every connected progra
 BIG_RECV_SIZE = 256 * 1024  # while a large frame is arriving
 SEND_TIMEOUT = 10.0        # a program that takes none of its waiting replies for this long is disconnected
 OUTBOX_LIMIT = 64 * 1024 * 1024   # ...and one that leaves more than this waiting
+# An upcall (the kernel asking a program to map or unmap a view) holds a kernel
+# thread until the program answers: a program may have this many at once, each
+# answered within UPCALL_TIMEOUT, or the call fails (the driver's mapping with it).
+MAX_UPCALLS = 64
+UPCALL_TIMEOUT = SEND_TIMEOUT
 RUNDOWN_CANCEL_WAIT = 5.0
 _UPCALL_RID = itertools.count(1 << 62)
 _HINT = wire.HEADER.pack(0, K.SOCKET_HINT, 0, 0, 0, 0)
@@ -438,13 +443,22 @@ class ProgramConnection:
     # -- upcalls into the program (run on a dispatch thread) -------------------------
 
     def _upcall(self, kind: int, payload: bytes, fds=()) -> tuple[int, int]:
+        """(status, value) of the program's answer; STATUS_INSUFFICIENT_RESOURCES
+        if it has MAX_UPCALLS unanswered already, STATUS_IO_TIMEOUT if it does
+        not answer within UPCALL_TIMEOUT (a late answer is dropped)."""
+        if len(self.upcalls) >= MAX_UPCALLS:
+            dbg.emit(f"pid {self.process.pid}: {len(self.upcalls)} upcalls unanswered; "
+                     f"a {Kind(kind).name} is refused", level="warning", source="kernel")
+            return st.STATUS_INSUFFICIENT_RESOURCES, 0
         rid = next(_UPCALL_RID)
         slot = [ke.KEVENT(ke.NotificationEvent, False), st.STATUS_PROCESS_IS_TERMINATING, 0]
         self.upcalls[rid] = slot
         try:
             self.send(wire.encode(wire.Frame(kind, rid, payload, fds=list(fds))), fds)
-            if not self.closed:
-                ke.wait([slot[0]], False, None)
+            if not self.closed and ke.wait([slot[0]], False, UPCALL_TIMEOUT) == st.STATUS_TIMEOUT:
+                dbg.emit(f"pid {self.process.pid} did not answer a {Kind(kind).name} in {UPCALL_TIMEOUT:g} s",
+                         level="warning", source="kernel")
+                return st.STATUS_IO_TIMEOUT, 0
         finally:
             self.upcalls.pop(rid, None)
         return slot[1], slot[2]
