@@ -86,3 +86,16 @@ def test_duplicate_handle_takes_no_process_but_this_one(kernel):
     assert win32event.WaitForSingleObject(ev, 0) == win32event.WAIT_OBJECT_0
     d.Close()
     ev.Close()
+
+
+def test_a_name_that_is_no_text_is_error_invalid_name(kernel):
+    lone = "bad\ud800name"
+    for call, args in ((win32file.CreateFile, ("\\\\.\\" + lone, win32con.GENERIC_READ, 0, None,
+                                                win32con.OPEN_EXISTING, 0, None)),
+                       (win32event.CreateEvent, (None, True, False, lone)),
+                       (win32event.OpenEvent, (win32event.EVENT_ALL_ACCESS, False, lone)),
+                       (win32event.CreateMutex, (None, False, lone)),
+                       (win32event.OpenMutex, (win32event.SYNCHRONIZE, False, lone))):
+        with pytest.raises(pywintypes.error) as e:
+            call(*args)
+        assert (e.value.winerror, e.value.funcname) == (winerror.ERROR_INVALID_NAME, call.__name__)

@@ -40,6 +40,16 @@ def raise_status(status: int, funcname: str):
     raise_for(RtlNtStatusToDosError(status), funcname)
 
 
+def name_bytes(name: str, funcname: str) -> bytes:
+    """An object or file name as the wire carries it (UTF-8); one that is no
+    text (a lone surrogate) is ERROR_INVALID_NAME, as a name the object
+    manager cannot parse is."""
+    try:
+        return name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise_for(123, funcname)      # ERROR_INVALID_NAME
+
+
 _NO_HANDLE = (1 << 64) - 1      # a value no handle table hands out (INVALID_HANDLE_VALUE's bits)
 
 

@@ -40,11 +40,12 @@ def _named(kind: int, payload: bytes, funcname: str, creates: bool) -> pywintype
 
 def CreateEvent(EventAttributes, bManualReset: bool, bInitialState: bool, Name: str | None) -> pywintypes.HANDLEType:
     payload = wire.CREATE_EVENT.pack(bool(bManualReset), bool(bInitialState), 0, EVENT_ALL_ACCESS)
-    return _named(K.CREATE_EVENT, payload + (Name or "").encode("utf-8"), "CreateEvent", True)
+    return _named(K.CREATE_EVENT, payload + pywintypes.name_bytes(Name or "", "CreateEvent"), "CreateEvent", True)
 
 
 def OpenEvent(desiredAccess: int, bInheritHandle: bool, name: str) -> pywintypes.HANDLEType:
-    payload = wire.OPEN_EVENT.pack(desiredAccess & 0xFFFFFFFF, bool(bInheritHandle)) + name.encode("utf-8")
+    payload = (wire.OPEN_EVENT.pack(desiredAccess & 0xFFFFFFFF, bool(bInheritHandle))
+               + pywintypes.name_bytes(name, "OpenEvent"))
     return _named(K.OPEN_EVENT, payload, "OpenEvent", False)
 
 
@@ -52,12 +53,14 @@ def CreateMutex(MutexAttributes, bInitialOwner: bool, Name: str | None) -> pywin
     """A new mutex (owned by this thread with `bInitialOwner`), or the existing
     one of that name (GetLastError() is then ERROR_ALREADY_EXISTS, and this
     thread does not own it)."""
-    payload = wire.CREATE_MUTANT.pack(bool(bInitialOwner), MUTEX_ALL_ACCESS) + (Name or "").encode("utf-8")
+    payload = (wire.CREATE_MUTANT.pack(bool(bInitialOwner), MUTEX_ALL_ACCESS)
+               + pywintypes.name_bytes(Name or "", "CreateMutex"))
     return _named(K.CREATE_MUTANT, payload, "CreateMutex", True)
 
 
 def OpenMutex(desiredAccess: int, bInheritHandle: bool, name: str) -> pywintypes.HANDLEType:
-    payload = wire.OPEN_MUTANT.pack(desiredAccess & 0xFFFFFFFF, bool(bInheritHandle)) + name.encode("utf-8")
+    payload = (wire.OPEN_MUTANT.pack(desiredAccess & 0xFFFFFFFF, bool(bInheritHandle))
+               + pywintypes.name_bytes(name, "OpenMutex"))
     return _named(K.OPEN_MUTANT, payload, "OpenMutex", False)
 
 

@@ -38,7 +38,7 @@ def _fail(status: int, funcname: str):
 
 def CreateFile(fileName: str, desiredAccess: int, shareMode: int, attributes, CreationDisposition: int,
                flagsAndAttributes: int, hTemplateFile) -> pywintypes.HANDLEType:
-    name = fileName.encode("utf-8")
+    name = pywintypes.name_bytes(fileName, "CreateFile")
     payload = wire.CREATE_FILE.pack(desiredAccess & 0xFFFFFFFF, shareMode, CreationDisposition,
                                     flagsAndAttributes & 0xFFFFFFFF, len(name)) + name
     status, handle, _ = client.connection().request(K.CREATE_FILE, payload)
