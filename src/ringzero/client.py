@@ -237,6 +237,11 @@ class Connection:
                     if not ring.flag():       # the kernel is not polling our ring: ring its doorbell
                         os.eventfd_write(self._req_efd, 1)
                     return rid, slot
+            except wire.ProtocolError as e:
+                # (another process has used these rings: a fork that ran no Python fork hooks)
+                self._slots.pop(rid, None)
+                self._broken()
+                raise KernelGone(f"the request ring is corrupt: {e}") from None
             finally:
                 lock.release()
         self._send(data + body if body else data)

@@ -576,3 +576,20 @@ def test_a_program_opening_without_end_runs_out_before_the_kernels_descriptors_d
         others_carry_on(k)
     finally:
         k.stop()
+
+
+def test_rings_another_process_has_used_end_the_connection_as_kernel_gone(hk):
+    """Both halves of a fork that ran no Python fork hooks (libc's fork() by
+    ctypes) share one connection's rings; whichever finds them inconsistent
+    gets KernelGone saying so, not the wire's own exception, and the kernel
+    and other programs carry on."""
+    h = win32file.CreateFile(r"\\.\Recorder", win32con.GENERIC_READ, 0, None, win32con.OPEN_EXISTING, 0, None)
+    conn = client.connection()
+    ring = conn.req_ring
+    ring.ctl[ring.tail_i] = ring.pos + (1 << 40)        # a tail no consumer of this ring could have left
+    with pytest.raises(client.KernelGone, match="request ring is corrupt"):
+        win32file.DeviceIoControl(h, R.IOCTL_WHOAMI, None, 16)
+    h.Detach()
+    client.disconnect()
+    others_carry_on(hk)
+
