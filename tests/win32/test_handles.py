@@ -99,3 +99,16 @@ def test_a_name_that_is_no_text_is_error_invalid_name(kernel):
         with pytest.raises(pywintypes.error) as e:
             call(*args)
         assert (e.value.winerror, e.value.funcname) == (winerror.ERROR_INVALID_NAME, call.__name__)
+
+
+def test_duplicate_handle_with_no_access_asked_grants_none(kernel):
+    """desiredAccess 0 without DUPLICATE_SAME_ACCESS is a handle with no
+    access, as on NT: it names the object, and every use needing a right fails."""
+    me = win32api.GetCurrentProcess()
+    ev = win32event.CreateEvent(None, True, False, None)
+    d = win32api.DuplicateHandle(me, ev, me, 0, False, 0)
+    with pytest.raises(pywintypes.error) as e:
+        win32event.SetEvent(d)
+    assert e.value.winerror == winerror.ERROR_ACCESS_DENIED
+    d.Close()
+    ev.Close()

@@ -701,7 +701,7 @@ class ProgramConnection:
             self._reply(rid, iofile.cancel_io(proc, h, f.tid, target, any_thread))
         elif kind == K.DUPLICATE_HANDLE:
             h, access = wire.DUPLICATE.unpack_from(p)
-            status, nh = obev.duplicate_handle(proc, h, access, access == 0)
+            status, nh = obev.duplicate_handle(proc, h, access, bool(f.flags & wire.FLAG_SAME_ACCESS))
             self._reply(rid, status, nh)
         elif kind == K.UPCALL_REPLY:
             slot = self.upcalls.get(rid)

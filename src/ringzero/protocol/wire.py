@@ -38,6 +38,7 @@ FLAG_OVERLAPPED = 0x01  # request: the program issued it with an OVERLAPPED
 FLAG_USER_BUFFER = 0x02  # READ_FILE / WRITE_FILE: the data stays in the program's buffer at the
                          # frame's address; the I/O manager copies it from (write) or back into
                          # (read) the program's memory itself.  Only after OFFER_MEMORY succeeded.
+FLAG_SAME_ACCESS = 0x04  # DUPLICATE_HANDLE: DUPLICATE_SAME_ACCESS (the access field is then ignored)
 
 
 class Kind(enum.IntEnum):

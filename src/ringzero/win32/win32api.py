@@ -74,9 +74,11 @@ def DuplicateHandle(hSourceProcess, hSource, hTargetProcess, desiredAccess: int,
     current = pywintypes.handle_value(_CURRENT_PROCESS)
     if pywintypes.handle_value(hSourceProcess) != current or pywintypes.handle_value(hTargetProcess) != current:
         pywintypes.raise_for(ERROR_INVALID_HANDLE, "DuplicateHandle")
-    access = 0 if options & DUPLICATE_SAME_ACCESS else desiredAccess
+    same = options & DUPLICATE_SAME_ACCESS
     source = pywintypes.handle_value(hSource)
-    status, h, _ = client.connection().request(K.DUPLICATE_HANDLE, wire.DUPLICATE.pack(source, access))
+    status, h, _ = client.connection().request(K.DUPLICATE_HANDLE,
+                                               wire.DUPLICATE.pack(source, 0 if same else desiredAccess & 0xFFFFFFFF),
+                                               wire.FLAG_SAME_ACCESS if same else 0)
     if options & DUPLICATE_CLOSE_SOURCE:
         client.connection().request(K.CLOSE_HANDLE, wire.HANDLE.pack(source))
     if status & 0xC0000000 == 0xC0000000:
