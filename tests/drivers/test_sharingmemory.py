@@ -175,3 +175,24 @@ sys.stdin.readline()
     assert wait_until(lambda: kernel_threads(shm) <= threads_before + MAX_SPARE + 4, timeout=30)
     assert wait_until(lambda: pool_in_use(shm) == 0, timeout=30)
     assert shm.call("kernel.info")["mdls"] == 0
+
+
+def test_an_upcall_the_program_never_answers_fails_the_mapping_in_the_end(shm):
+    """(It takes UPCALL_TIMEOUT, 10 s: the one slow test of this file.)"""
+    r = shm.run("""
+import os
+from ringzero import client
+from ringzero.win32 import win32file, win32con, pywintypes
+client.Connection._map_view = lambda self, f: [os.close(fd) for fd in f.fds]     # never answers
+h = win32file.CreateFile(r"\\\\.\\slSharingMemory", win32con.GENERIC_READ, 0, None, win32con.OPEN_EXISTING, 0, None)
+try:
+    win32file.DeviceIoControl(h, 0x226000, None, 8)
+    print("mapped")
+except pywintypes.error as e:
+    print("refused", e.winerror)
+h.Close()
+""", timeout=120)
+    assert r.stdout.strip() == f"refused {winerror.ERROR_GEN_FAILURE}"
+    assert "did not answer a MAP_VIEW in 10 s" in shm.log()
+    assert wait_until(lambda: pool_in_use(shm) == 0, timeout=30)
+    assert shm.call("kernel.info")["mdls"] == 0
