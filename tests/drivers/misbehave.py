@@ -13,6 +13,9 @@ IOCTL_WAIT_IN_DPC        queues a DPC that waits (1 s timeout) at DISPATCH_LEVEL
 IOCTL_LEAK_POOL          allocates a pool block tagged 'Mis!' and forgets it
 IOCTL_WAIT_UNDER_LOCK    waits (1 s timeout) holding a spin lock
 IOCTL_PING               completes properly (the driver still serves)
+IOCTL_SYS_EXIT           calls sys.exit() in the dispatch routine (SystemExit, no Exception)
+IOCTL_EXIT_IN_DPC        queues a DPC that raises KeyboardInterrupt
+IOCTL_PEND_BAD_CANCEL    pends with a cancel routine that releases the cancel lock and raises
 """
 
 from ringzero.ddk import *
@@ -28,8 +31,12 @@ IOCTL_WAIT_IN_DPC = CTL_CODE(DEV, 0xA06, METHOD_BUFFERED, FILE_ANY_ACCESS)
 IOCTL_LEAK_POOL = CTL_CODE(DEV, 0xA07, METHOD_BUFFERED, FILE_ANY_ACCESS)
 IOCTL_PING = CTL_CODE(DEV, 0xA08, METHOD_BUFFERED, FILE_ANY_ACCESS)
 IOCTL_WAIT_UNDER_LOCK = CTL_CODE(DEV, 0xA09, METHOD_BUFFERED, FILE_ANY_ACCESS)
+IOCTL_SYS_EXIT = CTL_CODE(DEV, 0xA0A, METHOD_BUFFERED, FILE_ANY_ACCESS)
+IOCTL_EXIT_IN_DPC = CTL_CODE(DEV, 0xA0B, METHOD_BUFFERED, FILE_ANY_ACCESS)
+IOCTL_PEND_BAD_CANCEL = CTL_CODE(DEV, 0xA0C, METHOD_BUFFERED, FILE_ANY_ACCESS)
 
 g_Dpc = KDPC()
+g_ExitDpc = KDPC()
 g_Event = KEVENT()
 g_Lock = KSPIN_LOCK()
 
@@ -45,6 +52,15 @@ def WaitingDpc(Dpc, DeferredContext, SystemArgument1, SystemArgument2):
     timeout = LARGE_INTEGER(-10_000_000)
     status = KeWaitForSingleObject(g_Event, Executive, KernelMode, False, timeout)
     DbgPrint("Misbehave: the DPC's wait returned %08X", status)
+
+
+def ExitingDpc(Dpc, DeferredContext, SystemArgument1, SystemArgument2):
+    raise KeyboardInterrupt
+
+
+def RaisingCancel(DeviceObject, Irp):
+    IoReleaseCancelSpinLock(Irp.CancelIrql)
+    raise RuntimeError("Misbehave: the cancel routine fails before completing the IRP")
 
 
 def DispatchCreateClose(DeviceObject, Irp):
@@ -86,6 +102,16 @@ def DispatchControl(DeviceObject, Irp):
         return _complete(Irp, STATUS_SUCCESS)
     if code == IOCTL_PING:
         return _complete(Irp, STATUS_SUCCESS)
+    if code == IOCTL_SYS_EXIT:
+        import sys
+        sys.exit(3)
+    if code == IOCTL_EXIT_IN_DPC:
+        KeInsertQueueDpc(g_ExitDpc, None, None)
+        return _complete(Irp, STATUS_SUCCESS)
+    if code == IOCTL_PEND_BAD_CANCEL:
+        IoMarkIrpPending(Irp)
+        IoSetCancelRoutine(Irp, RaisingCancel)
+        return STATUS_PENDING
     return _complete(Irp, STATUS_INVALID_DEVICE_REQUEST)
 
 
@@ -97,6 +123,7 @@ def DriverUnload(DriverObject):
 def DriverEntry(DriverObject, RegistryPath):
     KeInitializeEvent(g_Event, NotificationEvent, False)
     KeInitializeDpc(g_Dpc, WaitingDpc, None)
+    KeInitializeDpc(g_ExitDpc, ExitingDpc, None)
     KeInitializeSpinLock(g_Lock)
     status, dev = IoCreateDevice(DriverObject, 0, r"\Device\Misbehave", FILE_DEVICE_UNKNOWN, 0, False)
     if not NT_SUCCESS(status):

@@ -214,3 +214,42 @@ def test_cancel_routines_return_to_the_callers_irql(kernel):
     assert len(lines) == 3 and all(t.endswith(" at IRQL 0") for t in lines), lines
     assert records("verifier") == []
     h.Close()
+
+
+def test_systemexit_or_keyboardinterrupt_from_a_driver_is_a_fault_like_any_other(mis):
+    """Not only Exception: a driver's sys.exit() in a dispatch routine fails
+    that IRP, and a KeyboardInterrupt in a DPC is logged; the ring thread and
+    the DPC thread go on serving every driver."""
+    h = open_dev()
+    with pytest.raises(pywintypes.error) as e:
+        win32file.DeviceIoControl(h, M.IOCTL_SYS_EXIT, None, 0)
+    assert e.value.winerror == winerror.ERROR_IO_DEVICE        # STATUS_DRIVER_INTERNAL_ERROR's Win32 code
+    assert wait_until(lambda: any("SystemExit" in r["text"] for r in records("fault")))
+    win32file.DeviceIoControl(h, M.IOCTL_EXIT_IN_DPC, None, 0)
+    assert wait_until(lambda: any("KeyboardInterrupt" in r["text"] for r in records("fault")))
+    still_serves(h)
+    # the DPC thread still runs DPCs: the next one's own fault is seen
+    win32file.DeviceIoControl(h, M.IOCTL_WAIT_IN_DPC, None, 0)
+    assert wait_until(lambda: any("DPC WaitingDpc" in r["text"] for r in records("fault")))
+    h.Close()
+
+
+def test_a_cancel_routine_that_raises_still_ends_its_irp(mis):
+    """The routine fails before completing the IRP: it completes cancelled
+    (ERROR_OPERATION_ABORTED), its file object closes, and the driver unloads."""
+    from ringzero.win32 import win32event
+    h = win32file.CreateFile(r"\\.\Misbehave", win32con.GENERIC_READ, 0, None, win32con.OPEN_EXISTING,
+                             win32con.FILE_FLAG_OVERLAPPED, None)
+    ov = pywintypes.OVERLAPPED()
+    ov.hEvent = win32event.CreateEvent(None, True, False, None)
+    win32file.DeviceIoControl(h, M.IOCTL_PEND_BAD_CANCEL, None, 0, ov)
+    assert pywintypes.get_last_error() == winerror.ERROR_IO_PENDING
+    win32file.CancelIoEx(h, ov)
+    with pytest.raises(pywintypes.error) as e:
+        win32file.GetOverlappedResult(h, ov, True)
+    assert e.value.winerror == winerror.ERROR_OPERATION_ABORTED
+    assert any("the cancel routine fails" in r["text"] for r in records("fault"))
+    h.Close()
+    client.connection().call("driver.unload", service="Misbehave")
+    assert "Misbehave" not in client.connection().call("kernel.info")["drivers"]
+

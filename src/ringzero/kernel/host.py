@@ -548,7 +548,7 @@ class ProgramConnection:
             system.get().counters["protocol_errors"] += 1
             pid = self.process.pid if self.process else "?"
             dbg.emit(f"protocol error from pid {pid}: {e}; connection closed", level="fault", source="kernel")
-        except Exception as e:  # a bug of ours must not take the kernel down
+        except BaseException as e:  # a bug of ours must not take the kernel down
             dbg.fault("connection reader", e)
         if self.reader_token is token:
             self.rundown()
@@ -562,7 +562,7 @@ class ProgramConnection:
         STATUS_INTERNAL_ERROR, so the program gets an answer, not a hang."""
         try:
             self._dispatch(f)
-        except Exception as e:
+        except BaseException as e:
             self._failed(f.kind, f.rid, e)
 
     def serve_read(self, rid: int, tid: int, flags: int, h: int, length: int, offset: int, addr: int,
@@ -573,7 +573,7 @@ class ProgramConnection:
             if proc is not None:
                 iofile.read_file(proc, h, length, offset, addr, event, _Req(self, rid), rid, tid,
                                  bool(flags & wire.FLAG_OVERLAPPED), self._user_buffer(flags))
-        except Exception as e:
+        except BaseException as e:
             self._failed(K.READ_FILE, rid, e)
 
     def write_in_place(self, rid: int, tid: int, h: int, offset: int, data) -> bool:
@@ -588,7 +588,7 @@ class ProgramConnection:
         try:
             if not iofile.write_in_place(proc, h, data, offset, _Req(self, rid)):
                 return False
-        except Exception as e:
+        except BaseException as e:
             self._failed(K.WRITE_FILE, rid, e)
         proc.counters["requests"] += 1
         return True
@@ -603,7 +603,7 @@ class ProgramConnection:
             if proc is not None:
                 iofile.write_file(proc, h, data, offset, addr, event, _Req(self, rid), rid, tid,
                                   bool(flags & wire.FLAG_OVERLAPPED), len(data), captured=True)
-        except Exception as e:
+        except BaseException as e:
             self._failed(K.WRITE_FILE, rid, e)
 
     def _failed(self, kind: int, rid: int, e: Exception) -> None:

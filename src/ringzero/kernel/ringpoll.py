@@ -193,7 +193,7 @@ class Poller:
         while self.token is token:
             try:
                 self._loop(token)
-            except Exception as e:  # a bug of ours must not stop every program's fast path
+            except BaseException as e:  # a bug of ours must not stop every program's fast path
                 dbg.fault("ring poller", e)
 
     def _loop(self, token) -> None:
@@ -352,7 +352,7 @@ class Poller:
             self.unregister(ch)
             ch.closed = True
             conn.abort()
-        except Exception as e:  # a bug of ours must not take the poller down
+        except BaseException as e:  # a bug of ours must not take the poller down
             if not ch.closed:    # (a ring closed under us by rundown is not one)
                 dbg.fault("ring poller", e)
         finally:

@@ -102,7 +102,7 @@ def load_driver(service: str, image: str, registry_path: str | None = None) -> D
                 module = _import(image, service)
         except DriverLoadError:
             raise
-        except Exception as exc:
+        except BaseException as exc:
             dbg.fault(f"import of {image}", exc, driver)
             raise DriverLoadError(st.STATUS_DRIVER_UNABLE_TO_LOAD, f"{image} failed to import: {exc!r}") from exc
         entry = getattr(module, "DriverEntry", None)
@@ -117,7 +117,7 @@ def load_driver(service: str, image: str, registry_path: str | None = None) -> D
         try:
             with calling_driver(driver), in_process(sysm.system_process):
                 status = entry(driver, driver.registry_path)
-        except Exception as exc:
+        except BaseException as exc:
             dbg.fault("DriverEntry", exc, driver)
             _take_back(driver)
             raise DriverLoadError(st.STATUS_DRIVER_INTERNAL_ERROR, f"DriverEntry of {service} raised {exc!r}") from exc
@@ -170,7 +170,7 @@ def _run_unload_hooks(driver: DRIVER_OBJECT) -> list[Leak]:
     for hook in list(unload_hooks):
         try:
             out += hook(driver)
-        except Exception as exc:
+        except BaseException as exc:
             dbg.fault(f"unload hook {getattr(hook, '__name__', hook)}", exc, driver)
     return out
 
@@ -235,7 +235,7 @@ def _finish_unload(driver: DRIVER_OBJECT, report: UnloadReport) -> None:
         try:
             with calling_driver(driver), in_process(sysm.system_process):
                 unload(driver)
-        except Exception as exc:
+        except BaseException as exc:
             dbg.fault("DriverUnload", exc, driver)
     report.leaks = leaks_of(driver) + _run_unload_hooks(driver)
     for leak in report.leaks:

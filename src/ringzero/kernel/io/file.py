@@ -137,7 +137,7 @@ def _send(irp: IRP) -> None:
     ob.reference(fo)  # the IRP's reference, dropped in _complete
     try:
         status = IoCallDriver(dev, irp)
-    except Exception as exc:
+    except BaseException as exc:
         status = _dispatch_fault(irp, exc)
     if irp.completed:
         if status == st.STATUS_PENDING and verifier.enabled and not irp.PendingReturned:
@@ -371,7 +371,7 @@ def _send_close(irp: IRP) -> None:
     dev = irp.io_device
     try:
         status = IoCallDriver(dev, irp)
-    except Exception as exc:
+    except BaseException as exc:
         status = _dispatch_fault(irp, exc)
     if not irp.completed and status != st.STATUS_PENDING:
         verifier.violation(verifier.IRP_NOT_COMPLETED, "IRP_MJ_CLOSE", driver=dev.DriverObject, raise_it=False)
@@ -628,7 +628,7 @@ def _fast_io(routine, fo: FILE_OBJECT, dev: DEVICE_OBJECT, offset: int, length: 
     ob.reference(fo)
     try:
         done = routine(fo, fo.CurrentByteOffset if offset < 0 else offset, length, wait, 0, buf, iosb, dev)
-    except Exception as exc:
+    except BaseException as exc:
         iosb.Status = _fault_status(driver, "fast I/O", f"fast I/O routine {getattr(routine, '__name__', '?')}", exc)
         iosb.Information = 0
         return iosb

@@ -121,7 +121,7 @@ def IoCompleteRequest(Irp: IRP, PriorityBoost: int = 0) -> None:
         try:
             with calling_driver(dev.DriverObject if dev is not None else current.driver):
                 r = routine(dev, Irp, loc.Context)
-        except Exception as exc:
+        except BaseException as exc:
             dbg.fault(f"completion routine {getattr(routine, '__name__', '?')}", exc)
             r = st.STATUS_SUCCESS
         if r == STATUS_MORE_PROCESSING_REQUIRED:
@@ -174,11 +174,13 @@ def IoCancelIrp(Irp: IRP) -> bool:
     loc = Irp.Stack[Irp.CurrentLocation] if Irp.CurrentLocation >= 0 else None
     dev = loc.DeviceObject if loc is not None else None
     driver = dev.DriverObject if dev is not None else None
+    faulted = False
     try:
         with calling_driver(driver, DISPATCH_LEVEL):
             routine(dev, Irp)
-    except Exception as exc:
+    except BaseException as exc:
         dbg.fault(f"cancel routine {getattr(routine, '__name__', '?')}", exc, driver)
+        faulted = True
     finally:
         if _cancel_owner == threading.get_ident():
             # a cancel routine that forgot IoReleaseCancelSpinLock would hang the system
@@ -186,6 +188,15 @@ def IoCancelIrp(Irp: IRP) -> bool:
                                driver=driver, raise_it=False)
             IoReleaseCancelSpinLock(irql)
         current.irql = irql   # the caller's IRQL, whatever the routine left
+    if faulted and not Irp.completed:
+        # the routine failed before completing it: the IRP fails as cancelled, as
+        # any IRP whose driver routine raised fails, instead of pending for good
+        Irp.IoStatus.Status = st.STATUS_CANCELLED
+        Irp.IoStatus.Information = 0
+        try:
+            IoCompleteRequest(Irp)
+        except verifier.DriverBugcheck:
+            pass
     return True
 
 

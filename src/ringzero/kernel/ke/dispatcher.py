@@ -46,7 +46,7 @@ class _DispatcherLock:
         for callback, status in queued:
             try:
                 callback(status)
-            except Exception as e:  # the callback's owner is at fault, not the signaller
+            except BaseException as e:  # the callback's owner is at fault, not the signaller
                 from ringzero.kernel import dbg
                 dbg.fault("wait completion", e)
         return False

@@ -92,7 +92,7 @@ class _TimerThread:
                 due, token, item = heapq.heappop(self._heap)
             try:
                 item(due, token)
-            except Exception as exc:  # a bug of ours; keep the thread alive
+            except BaseException as exc:  # a bug of ours; keep the thread alive
                 dbg.fault("timer thread", exc)
 
 
@@ -117,7 +117,7 @@ def _run_dpc(dpc: KDPC, arg1, arg2) -> None:
     try:
         with calling_driver(dpc.driver, DISPATCH_LEVEL), in_process(_thread.system_process):
             dpc.DeferredRoutine(dpc, dpc.DeferredContext, arg1, arg2)
-    except Exception as exc:
+    except BaseException as exc:
         dbg.fault(f"DPC {getattr(dpc.DeferredRoutine, '__name__', '?')}", exc, dpc.driver)
 
 
@@ -241,7 +241,7 @@ def _io_tick(t: IO_TIMER, due: float, token) -> None:
     try:
         with calling_driver(driver, DISPATCH_LEVEL), in_process(_thread.system_process):
             t.TimerRoutine(t.DeviceObject, t.Context)
-    except Exception as exc:
+    except BaseException as exc:
         dbg.fault(f"IoTimer routine {getattr(t.TimerRoutine, '__name__', '?')}", exc, driver)
 
 

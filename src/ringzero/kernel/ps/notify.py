@@ -325,7 +325,7 @@ class _Feeder:
                             denied_by = denied_by or reg.driver
                     else:
                         reg.routine(parent_pid, pid, info is not None)
-            except Exception as exc:
+            except BaseException as exc:
                 dbg.fault(f"process notify routine {reg.name}", exc, reg.driver)
             finally:
                 with _cv:
