@@ -16,6 +16,7 @@ IOCTL_PING               completes properly (the driver still serves)
 IOCTL_SYS_EXIT           calls sys.exit() in the dispatch routine (SystemExit, no Exception)
 IOCTL_EXIT_IN_DPC        queues a DPC that raises KeyboardInterrupt
 IOCTL_PEND_BAD_CANCEL    pends with a cancel routine that releases the cancel lock and raises
+IOCTL_SLEEP              blocks in time.sleep (no Ke wait) for 3 s, then completes
 """
 
 from ringzero.ddk import *
@@ -34,6 +35,7 @@ IOCTL_WAIT_UNDER_LOCK = CTL_CODE(DEV, 0xA09, METHOD_BUFFERED, FILE_ANY_ACCESS)
 IOCTL_SYS_EXIT = CTL_CODE(DEV, 0xA0A, METHOD_BUFFERED, FILE_ANY_ACCESS)
 IOCTL_EXIT_IN_DPC = CTL_CODE(DEV, 0xA0B, METHOD_BUFFERED, FILE_ANY_ACCESS)
 IOCTL_PEND_BAD_CANCEL = CTL_CODE(DEV, 0xA0C, METHOD_BUFFERED, FILE_ANY_ACCESS)
+IOCTL_SLEEP = CTL_CODE(DEV, 0xA0D, METHOD_BUFFERED, FILE_ANY_ACCESS)
 
 g_Dpc = KDPC()
 g_ExitDpc = KDPC()
@@ -101,6 +103,11 @@ def DispatchControl(DeviceObject, Irp):
             KeReleaseSpinLock(g_Lock, irql)
         return _complete(Irp, STATUS_SUCCESS)
     if code == IOCTL_PING:
+        return _complete(Irp, STATUS_SUCCESS)
+    if code == IOCTL_SLEEP:
+        import time
+        DbgPrint("Misbehave: sleeping")
+        time.sleep(3)
         return _complete(Irp, STATUS_SUCCESS)
     if code == IOCTL_SYS_EXIT:
         import sys

@@ -253,3 +253,25 @@ def test_a_cancel_routine_that_raises_still_ends_its_irp(mis):
     client.connection().call("driver.unload", service="Misbehave")
     assert "Misbehave" not in client.connection().call("kernel.info")["drivers"]
 
+
+def test_a_dispatch_that_blocks_outside_a_ke_wait_holds_up_only_its_caller(mis):
+    """time.sleep in a dispatch routine is no Ke wait, yet the ring thread that
+    called it hands its role on all the same: other programs are served while
+    the caller still waits for its answer."""
+    sleeper = mis.spawn(f"""
+from ringzero.win32 import win32file, win32con
+h = win32file.CreateFile(r"\\\\.\\Misbehave", win32con.GENERIC_READ, 0, None, win32con.OPEN_EXISTING, 0, None)
+print("asking", flush=True)
+win32file.DeviceIoControl(h, {M.IOCTL_SLEEP}, None, 0)
+print("done", flush=True)
+""")
+    assert sleeper.stdout.readline().strip() == "asking"
+    assert wait_until(lambda: any(r["text"] == "Misbehave: sleeping" for r in records()))
+    h = open_dev()
+    for _ in range(20):
+        still_serves(h)
+    assert sleeper.poll() is None                  # served, all of it, while the sleeper still waits
+    assert sleeper.stdout.readline().strip() == "done"
+    assert sleeper.wait(timeout=30) == 0
+    h.Close()
+

@@ -50,6 +50,13 @@ _CPUS = len(os.sched_getaffinity(0))
 MAX_BATCH = 64
 SWITCH_INTERVAL = 50e-6   # let a spinning thread hand over the interpreter quickly
 MAX_SPARE = 16            # parked threads kept for the next handoff
+# A driver routine that blocks without a Ke wait (time.sleep, a lock of its
+# own, a long computation) would hold every program's rings with it: one whose
+# dispatch has run this long has its poller role handed on, as a Ke wait does.
+# (The watch looks twice that often; looking every 25 ms cost the Example
+# stream about a tenth of its rate in interleaved runs, every 250 ms nothing
+# measurable.)
+STUCK_SECONDS = 0.5
 
 
 class _Spare:
@@ -116,6 +123,9 @@ class Poller:
         self.ep.register(self.wake_fd, select.EPOLLIN)
         self.stopped = False
         self.cpu = 0              # the CPU the polling thread last ran on, plus one
+        self.serving = None       # the token of the poller now in _service (None: none is)
+        self.services = 0         # _service calls so far (the watch tells one long call from many)
+        self.watch: threading.Thread | None = None
 
     def register(self, ch: Channel) -> None:
         with self.lock:
@@ -125,6 +135,13 @@ class Poller:
                 if sys.getswitchinterval() > SWITCH_INTERVAL:
                     sys.setswitchinterval(SWITCH_INTERVAL)
                 self._start()
+            if self.watch is None:
+                w = threading.Thread(target=self._watch, name="ringzero-poller-watch", daemon=True)
+                try:
+                    w.start()
+                    self.watch = w
+                except RuntimeError:
+                    pass          # (then only Ke waits hand the role on)
         os.eventfd_write(ch.req_efd, 1)  # look at it once now
 
     def unregister(self, ch: Channel) -> None:
@@ -176,6 +193,23 @@ class Poller:
                 self.spare.append(w)
             w.wake.acquire()
             token = w.token
+
+    def _watch(self) -> None:
+        """Hand the poller role on from a dispatch stuck outside any Ke wait:
+        one in _service at two looks STUCK_SECONDS/2 apart, with no other
+        _service call between them."""
+        seen = None
+        while not self.stopped:
+            time.sleep(STUCK_SECONDS / 2)
+            token = self.serving
+            now = (token, self.services)
+            if token is None or token is not self.token or now != seen:
+                seen = now
+                continue
+            seen = None
+            with self.lock:
+                if self.serving is token and token is self.token and not self.stopped and not self._start():
+                    self.token = token    # nobody to hand it to: the stuck thread keeps the role
 
     def _on_block(self) -> None:
         mine = current.poller_token
@@ -299,6 +333,8 @@ class Poller:
 
     def _service(self, ch: Channel) -> None:
         token = self.token        # a dispatch that blocks hands the role on: a new token (_start)
+        self.serving = token
+        self.services += 1
         conn = ch.conn
         proc = conn.process
         current.process = proc
@@ -357,6 +393,8 @@ class Poller:
                 dbg.fault("ring poller", e)
         finally:
             dispatching.discard(me)
+            if self.serving is token:
+                self.serving = None
 
 
 poller: Poller | None = None
