@@ -54,3 +54,33 @@ def test_ensure_driver_matches_service_names_without_case(tmp_path, monkeypatch)
                                                               "recorder.py")) is True
     finally:
         k.stop()
+
+
+HANGING_UNLOAD = '''
+import time
+from ringzero.ddk import *
+
+
+def DriverUnload(DriverObject):
+    time.sleep(3600)
+
+
+def DriverEntry(DriverObject, RegistryPath):
+    DriverObject.DriverUnload = DriverUnload
+    return STATUS_SUCCESS
+'''
+
+
+def test_a_driver_unload_that_never_returns_does_not_keep_the_kernel_from_stopping(tmp_path, monkeypatch):
+    """(It waits out the 10 s the kernel gives a DriverUnload at shutdown.)"""
+    image = tmp_path / "Hang.py"
+    image.write_text(HANGING_UNLOAD)
+    k = start_kernel(tmp_path, monkeypatch, loads=[str(image)])
+    try:
+        from ringzero import client
+        client.disconnect()
+        k.proc.terminate()
+        assert k.proc.wait(timeout=60) == 0
+        assert "DriverUnload of Hang did not return in 10 s; the kernel stops without it" in k.log()
+    finally:
+        k.stop()

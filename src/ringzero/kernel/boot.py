@@ -63,14 +63,33 @@ class Kernel:
         if self.host is not None:
             self.host.stop()
         for drv in list(self.system.drivers.values()) if self.system else []:
-            try:
-                iodriver.unload_driver(drv)
-            except Exception as exc:
-                dbg.fault("unload at shutdown", exc, drv)
+            _unload_at_shutdown(drv)
         svc = getattr(self.system, "scm", None) if self.system else None
         if svc is not None and hasattr(svc, "close"):
             svc.close()
         timer.stop()
+
+
+UNLOAD_AT_SHUTDOWN_SECONDS = 10.0
+
+
+def _unload_at_shutdown(drv) -> None:
+    """Unload `drv` as the kernel stops, giving its DriverUnload this long: one
+    that never returns is said and left behind, and the kernel stops all the same."""
+    def unload():
+        try:
+            iodriver.unload_driver(drv)
+        except BaseException as exc:
+            dbg.fault("unload at shutdown", exc, drv)
+
+    t = threading.Thread(target=unload, name=f"ringzero-unload-{getattr(drv, 'name', '?')}", daemon=True)
+    t.start()
+    t.join(UNLOAD_AT_SHUTDOWN_SECONDS)
+    if t.is_alive():
+        text = (f"DriverUnload of {getattr(drv, 'name', '?')} did not return in {UNLOAD_AT_SHUTDOWN_SECONDS:g} s; "
+                "the kernel stops without it")
+        dbg.emit(text, level="fault", source=getattr(drv, "name", "kernel"))
+        print(f"ringzero kernel: {text}", file=sys.stderr, flush=True)
 
 
 def _lean_threads() -> None:
