@@ -17,6 +17,7 @@ IOCTL_SYS_EXIT           calls sys.exit() in the dispatch routine (SystemExit, n
 IOCTL_EXIT_IN_DPC        queues a DPC that raises KeyboardInterrupt
 IOCTL_PEND_BAD_CANCEL    pends with a cancel routine that releases the cancel lock and raises
 IOCTL_SLEEP              blocks in time.sleep (no Ke wait) for 3 s, then completes
+IOCTL_KEEP_SPIN_LOCK     completes, then returns holding a spin lock of its own (at DISPATCH_LEVEL)
 """
 
 from ringzero.ddk import *
@@ -36,11 +37,13 @@ IOCTL_SYS_EXIT = CTL_CODE(DEV, 0xA0A, METHOD_BUFFERED, FILE_ANY_ACCESS)
 IOCTL_EXIT_IN_DPC = CTL_CODE(DEV, 0xA0B, METHOD_BUFFERED, FILE_ANY_ACCESS)
 IOCTL_PEND_BAD_CANCEL = CTL_CODE(DEV, 0xA0C, METHOD_BUFFERED, FILE_ANY_ACCESS)
 IOCTL_SLEEP = CTL_CODE(DEV, 0xA0D, METHOD_BUFFERED, FILE_ANY_ACCESS)
+IOCTL_KEEP_SPIN_LOCK = CTL_CODE(DEV, 0xA0E, METHOD_BUFFERED, FILE_ANY_ACCESS)
 
 g_Dpc = KDPC()
 g_ExitDpc = KDPC()
 g_Event = KEVENT()
 g_Lock = KSPIN_LOCK()
+g_KeptLock = KSPIN_LOCK()
 
 
 def _complete(Irp, status, info=0):
@@ -104,6 +107,10 @@ def DispatchControl(DeviceObject, Irp):
         return _complete(Irp, STATUS_SUCCESS)
     if code == IOCTL_PING:
         return _complete(Irp, STATUS_SUCCESS)
+    if code == IOCTL_KEEP_SPIN_LOCK:
+        _complete(Irp, STATUS_SUCCESS)
+        KeAcquireSpinLock(g_KeptLock)
+        return STATUS_SUCCESS
     if code == IOCTL_SLEEP:
         import time
         DbgPrint("Misbehave: sleeping")
@@ -132,6 +139,7 @@ def DriverEntry(DriverObject, RegistryPath):
     KeInitializeDpc(g_Dpc, WaitingDpc, None)
     KeInitializeDpc(g_ExitDpc, ExitingDpc, None)
     KeInitializeSpinLock(g_Lock)
+    KeInitializeSpinLock(g_KeptLock)
     status, dev = IoCreateDevice(DriverObject, 0, r"\Device\Misbehave", FILE_DEVICE_UNKNOWN, 0, False)
     if not NT_SUCCESS(status):
         return status

@@ -275,3 +275,13 @@ print("done", flush=True)
     assert sleeper.wait(timeout=30) == 0
     h.Close()
 
+
+def test_a_dispatch_routine_that_returns_holding_a_spin_lock_is_named(mis):
+    h = open_dev()
+    win32file.DeviceIoControl(h, M.IOCTL_KEEP_SPIN_LOCK, None, 0)       # its own answer stands
+    lines = wait_until(verifier_lines)
+    assert len(lines) == 1 and lines[0].startswith(f"Misbehave: {V.IRQL_GT_ZERO_AT_SYSTEM_SERVICE}"), lines
+    assert "DispatchControl returned at IRQL 2" in lines[0]
+    still_serves(h)                    # at PASSIVE_LEVEL again, the next request is served as ever
+    h.Close()
+

@@ -86,8 +86,15 @@ def IoCallDriver(DeviceObject, Irp: IRP) -> int:
             IoCompleteRequest(Irp, 0)
             return st.STATUS_INVALID_DEVICE_REQUEST
         status = routine(DeviceObject, Irp)
+        left = ctx.irql
     finally:
         ctx.driver, ctx.irql = saved
+    if left != PASSIVE_LEVEL:
+        # (a spin lock it took and kept, say): NT bug-checks on the way back to
+        # user mode; here it is named, and the caller's IRQL is back all the same
+        verifier.violation(verifier.IRQL_GT_ZERO_AT_SYSTEM_SERVICE,
+                           f"{getattr(routine, '__name__', routine)} returned at IRQL {left}", driver=driver,
+                           raise_it=False)
     if not isinstance(status, int):
         verifier.violation("DRIVER_RETURNED_NON_NTSTATUS", f"{getattr(routine, '__name__', routine)} returned {status!r}",
                            driver=driver)
