@@ -151,7 +151,10 @@ def _counters(conn, args, rid):
 
 @call("dbg.subscribe")
 def _subscribe(conn, args, rid):
-    """Stream debug-log records as PUSH frames on this request id until the program goes."""
+    """Stream debug-log records as PUSH frames on this request id until the
+    program goes.  The kernel's debug output is an administrator's to read, as
+    capturing it on Windows is (drivers' tracebacks, paths, other programs' pids)."""
+    require_admin(conn)
     def push(rec, conn=conn, rid=rid):
         if conn.closed:
             raise ConnectionError("gone")
@@ -163,6 +166,7 @@ def _subscribe(conn, args, rid):
 
 @call("dbg.recent")
 def _recent(conn, args, rid):
+    require_admin(conn)
     return [r.as_dict() for r in dbg.recent(int(args.get("count", 100)))]
 
 

@@ -128,6 +128,21 @@ def test_the_kernel_socket_is_reachable_by_everyone_and_its_directory_not_writab
     assert caller["uid"] == 65534 and caller["admin"] is False
 
 
+def test_the_debug_log_is_an_administrators_to_read(kernel):
+    r = kernel.run("""
+        from ringzero import client
+        for method in ("dbg.recent", "dbg.subscribe"):
+            try:
+                client.connection().call(method)
+                print(method, "read")
+            except client.CallFailed as e:
+                print(method, hex(e.status))
+    """, user="nobody")
+    assert r.stdout.split() == ["dbg.recent", "0xc0000022", "dbg.subscribe", "0xc0000022"]
+    from ringzero import client
+    assert isinstance(client.connection().call("dbg.recent", count=1), list)     # root's
+
+
 def _start_kernel_in(directory, tmp_path):
     import subprocess
     from conftest import SRC
