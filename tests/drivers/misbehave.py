@@ -18,6 +18,7 @@ IOCTL_EXIT_IN_DPC        queues a DPC that raises KeyboardInterrupt
 IOCTL_PEND_BAD_CANCEL    pends with a cancel routine that releases the cancel lock and raises
 IOCTL_SLEEP              blocks in time.sleep (no Ke wait) for 3 s, then completes
 IOCTL_KEEP_SPIN_LOCK     completes, then returns holding a spin lock of its own (at DISPATCH_LEVEL)
+IOCTL_LEAK_MDL           allocates a page of pool tagged 'MisM' and an MDL over it, and forgets both
 """
 
 from ringzero.ddk import *
@@ -38,6 +39,7 @@ IOCTL_EXIT_IN_DPC = CTL_CODE(DEV, 0xA0B, METHOD_BUFFERED, FILE_ANY_ACCESS)
 IOCTL_PEND_BAD_CANCEL = CTL_CODE(DEV, 0xA0C, METHOD_BUFFERED, FILE_ANY_ACCESS)
 IOCTL_SLEEP = CTL_CODE(DEV, 0xA0D, METHOD_BUFFERED, FILE_ANY_ACCESS)
 IOCTL_KEEP_SPIN_LOCK = CTL_CODE(DEV, 0xA0E, METHOD_BUFFERED, FILE_ANY_ACCESS)
+IOCTL_LEAK_MDL = CTL_CODE(DEV, 0xA0F, METHOD_BUFFERED, FILE_ANY_ACCESS)
 
 g_Dpc = KDPC()
 g_ExitDpc = KDPC()
@@ -106,6 +108,11 @@ def DispatchControl(DeviceObject, Irp):
             KeReleaseSpinLock(g_Lock, irql)
         return _complete(Irp, STATUS_SUCCESS)
     if code == IOCTL_PING:
+        return _complete(Irp, STATUS_SUCCESS)
+    if code == IOCTL_LEAK_MDL:
+        block = ExAllocatePoolWithTag(NonPagedPool, PAGE_SIZE, "MisM")
+        mdl = IoAllocateMdl(block, PAGE_SIZE, False, False, None)
+        MmBuildMdlForNonPagedPool(mdl)
         return _complete(Irp, STATUS_SUCCESS)
     if code == IOCTL_KEEP_SPIN_LOCK:
         _complete(Irp, STATUS_SUCCESS)

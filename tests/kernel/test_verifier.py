@@ -120,6 +120,18 @@ def test_pool_left_at_unload_is_a_named_leak(mis):
     assert client.connection().call("pool.stats") is not None
 
 
+def test_an_mdl_left_at_unload_is_named_and_taken_back(mis):
+    assert client.connection().call("kernel.info")["mdls"] == 0
+    h = open_dev()
+    win32file.DeviceIoControl(h, M.IOCTL_LEAK_MDL, None, 0)
+    h.Close()
+    assert client.connection().call("kernel.info")["mdls"] == 1
+    rep = client.connection().call("driver.unload", service="Misbehave")
+    assert any("MDL" in leak for leak in rep["leaks"]) and any("'MisM'" in leak for leak in rep["leaks"]), rep
+    assert client.connection().call("kernel.info")["mdls"] == 0
+    assert not [r for r in client.connection().call("pool.stats") if r["tag"] == "MisM" and r["bytes"]]
+
+
 def _kernel_with(tmp_path, monkeypatch, *args):
     return start_kernel(tmp_path, monkeypatch, loads=[MISBEHAVE], extra_args=args)
 

@@ -149,7 +149,7 @@ def _take_back(driver: DRIVER_OBJECT) -> None:
 
 def _reclaim(driver: DRIVER_OBJECT) -> None:
     """Take back what a driver made and did not undo: links, devices (and
-    their I/O timers), timers, pool."""
+    their I/O timers), timers, MDLs (and their views in programs), pool."""
     for path in _created_links(driver):
         try:
             obj, _ = system.get().namespace.lookup(path, parse=False, follow_last=False)
@@ -162,6 +162,7 @@ def _reclaim(driver: DRIVER_OBJECT) -> None:
         IoDeleteDevice(dev)
     for t in timer.live_timers_of(driver):
         timer.KeCancelTimer(t)
+    mm_mdl.reclaim_driver(driver)
     pool.reclaim_driver(driver)
 
 

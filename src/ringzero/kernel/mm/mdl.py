@@ -216,3 +216,29 @@ def live_mdls_of(driver) -> list[MDL]:
 
 def live_mdl_count() -> int:
     return len(_live_mdls)
+
+
+def reclaim_driver(driver) -> int:
+    """After a leak report: free the MDLs an unloaded driver left, first
+    unmapping the views of them still in programs (their pages are the pool the
+    unload takes back); how many MDLs."""
+    mdls = live_mdls_of(driver)
+    for mdl in mdls:
+        for view in list(mdl.user_views):
+            if view.gone:
+                continue
+            view.gone = True
+            proc = view.process
+            base = view.address - (view.address % PAGE_SIZE)
+            with proc.lock:
+                proc.views.pop(base, None)
+            conn = proc.connection
+            if conn is not None and not proc.exiting:
+                try:
+                    conn.unmap_view(base, view.length)
+                except Exception:
+                    pass          # (the program's own mapping; it is gone with the program at worst)
+        mdl.user_views.clear()
+        _untrack(mdl)
+    return len(mdls)
+
