@@ -641,7 +641,8 @@ def ensure_driver(service: str, image: str) -> bool:
     """Load `image` as `service` unless a driver of that name is loaded (service
     names compare without regard to case, as the SCM's do); True if loaded here."""
     c = connection()
-    if service.upper() in (d.upper() for d in c.call("kernel.info")["drivers"]):
+    from ringzero.nt.strings import upcase
+    if upcase(service) in (upcase(d) for d in c.call("kernel.info")["drivers"]):
         return False
     c.call("driver.load", image=image, service=service)
     return True

@@ -78,6 +78,7 @@ from ringzero.kernel.ps.notify import (CLIENT_ID, PS_CREATE_NOTIFY_INFO, PsSetCr
 from ringzero.kernel.verifier import DriverBugcheck
 from ringzero.nt.access import *  # noqa: F401,F403
 from ringzero.nt.ioctl import *  # noqa: F401,F403
+from ringzero.nt.strings import upcase as _upcase
 from ringzero.nt.irp import *  # noqa: F401,F403
 from ringzero.nt.registry import *  # noqa: F401,F403
 from ringzero.nt.status import *  # noqa: F401,F403
@@ -137,7 +138,7 @@ def RtlInitUnicodeString(DestinationString, SourceString=None) -> UNICODE_STRING
 def RtlCompareUnicodeString(String1, String2, CaseInSensitive: bool) -> int:
     a, b = str(String1), str(String2)
     if CaseInSensitive:
-        a, b = a.upper(), b.upper()
+        a, b = _upcase(a), _upcase(b)
     return (a > b) - (a < b)
 
 
@@ -150,7 +151,7 @@ def RtlCopyUnicodeString(DestinationString, SourceString) -> UNICODE_STRING:
 
 
 def RtlUpcaseUnicodeString(DestinationString, SourceString, AllocateDestinationString: bool = False):
-    return STATUS_SUCCESS, UNICODE_STRING(str(SourceString).upper())  # noqa: F405
+    return STATUS_SUCCESS, UNICODE_STRING(_upcase(str(SourceString)))  # noqa: F405
 
 
 def RtlFreeUnicodeString(UnicodeString) -> None:

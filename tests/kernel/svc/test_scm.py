@@ -357,3 +357,17 @@ def test_services_survive_a_restart_and_start_at_boot_in_order(tmp_path, monkeyp
             (SERVICE_KERNEL_DRIVER, SERVICE_AUTO_START, SERVICE_ERROR_NORMAL, str(order))
     finally:
         k.stop()
+
+
+def test_service_names_compare_as_nts_upcase_does(kernel):
+    """One character for one (RtlUpcaseUnicodeChar): "Straße" and "STRASSE" are
+    two services, "Straße" and "STRAßE" one."""
+    scm = ws.OpenSCManager(None, None, SC_MANAGER_ALL_ACCESS)
+    a = create(scm, "Straße", PROBE)
+    b = create(scm, "STRASSE", PROBE)                           # another name
+    assert winerror(create, scm, "STRAßE", PROBE) == we.ERROR_SERVICE_EXISTS
+    assert ws.QueryServiceConfig(ws.OpenService(scm, "strasse", SERVICE_ALL_ACCESS))[8] == "STRASSE"   # its display name
+    for h in (a, b):
+        ws.DeleteService(h)
+        ws.CloseServiceHandle(h)
+    ws.CloseServiceHandle(scm)

@@ -28,6 +28,7 @@ from ringzero.kernel.mm import pool
 from ringzero.kernel.ob import object as ob
 from ringzero.kernel.ob.namespace import ObjectError, SymbolicLink
 from ringzero.nt import status as st
+from ringzero.nt.strings import upcase
 
 _counter = itertools.count(1)
 _load_lock = threading.RLock()
@@ -92,7 +93,7 @@ def load_driver(service: str, image: str, registry_path: str | None = None) -> D
     """Import `image` and run its DriverEntry; the DRIVER_OBJECT on success."""
     sysm = system.get()
     with _load_lock:
-        if service.upper() in (k.upper() for k in sysm.drivers):
+        if upcase(service) in (upcase(k) for k in sysm.drivers):
             raise DriverLoadError(st.STATUS_IMAGE_ALREADY_LOADED, f"driver {service} is already loaded")
         driver = DRIVER_OBJECT(service)
         driver.image = image

@@ -13,6 +13,7 @@ import threading
 
 from ringzero.kernel.ob.object import ObjectHeader, reference
 from ringzero.nt import status as st
+from ringzero.nt.strings import upcase
 
 MAX_REPARSE = 32
 MAX_PATH_CHARS = 32767
@@ -35,7 +36,7 @@ class Directory(ObjectHeader):
         self.permanent = True
 
     def insert(self, obj: ObjectHeader, name: str) -> None:
-        key = name.upper()
+        key = upcase(name)
         with _lock:
             if key in self.children:
                 raise ObjectError(st.STATUS_OBJECT_NAME_COLLISION, f"{self.object_name().rstrip(chr(92))}\\{name} already exists")
@@ -45,16 +46,16 @@ class Directory(ObjectHeader):
 
     def remove(self, obj: ObjectHeader) -> None:
         with _lock:
-            if self.children.get(obj.name.upper()) is obj:
-                del self.children[obj.name.upper()]
+            if self.children.get(upcase(obj.name)) is obj:
+                del self.children[upcase(obj.name)]
                 obj.parent = None
 
     def get(self, name: str) -> ObjectHeader | None:
-        return self.children.get(name.upper())
+        return self.children.get(upcase(name))
 
     def entries(self) -> list[ObjectHeader]:
         with _lock:
-            return sorted(self.children.values(), key=lambda o: o.name.upper())
+            return sorted(self.children.values(), key=lambda o: upcase(o.name))
 
 
 class SymbolicLink(ObjectHeader):

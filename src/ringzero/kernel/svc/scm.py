@@ -29,6 +29,7 @@ from ringzero.nt import registry as reg
 from ringzero.nt import service as sv
 from ringzero.nt.errors import RtlNtStatusToDosError
 from ringzero.win32 import winerror as we
+from ringzero.nt.strings import upcase
 
 SERVICES_KEY = registry.SERVICES_KEY
 BOOT_ORDER = (sv.SERVICE_BOOT_START, sv.SERVICE_SYSTEM_START, sv.SERVICE_AUTO_START)
@@ -119,7 +120,7 @@ class ServiceControlManager:
         store.create_key(SERVICES_KEY)
         for name in store.subkeys(SERVICES_KEY):
             marked = bool(store.get(f"{SERVICES_KEY}\\{name}", "DeleteFlag", 0))
-            self.services[name.upper()] = Service(name, marked)
+            self.services[upcase(name)] = Service(name, marked)
 
     def close(self) -> None:
         with self.lock:
@@ -192,7 +193,7 @@ class ServiceControlManager:
         for other in self.services.values():
             if other is me:
                 continue
-            if display.upper() in (other.name.upper(), str(self.config(other)["DisplayName"]).upper()):
+            if upcase(display) in (upcase(other.name), upcase(str(self.config(other)["DisplayName"]))):
                 raise ServiceError(we.ERROR_DUPLICATE_SERVICE_NAME, f"{display!r} is already the name or display "
                                    f"name of service {other.name}")
 
@@ -231,7 +232,7 @@ class ServiceControlManager:
             if not path:
                 raise ServiceError(we.ERROR_INVALID_PARAMETER, "a driver service needs a binary path (the driver's file or module)")
             self._check_kinds(service_type, start, error)
-            existing = self.services.get(name.upper())
+            existing = self.services.get(upcase(name))
             if existing is not None:
                 raise ServiceError(we.ERROR_SERVICE_MARKED_FOR_DELETE if existing.marked else we.ERROR_SERVICE_EXISTS,
                                    f"service {existing.name} " + ("is marked for delete" if existing.marked else "exists"))
@@ -241,14 +242,14 @@ class ServiceControlManager:
             svc = Service(name)
             self._write_config(svc, service_type, start, error, path, group or "", list(dependencies or []),
                                start_name or "", display)
-            self.services[name.upper()] = svc
+            self.services[upcase(name)] = svc
             dbg.emit(f"service {name} created ({path})", source="scm")
             return self._new_handle(proc, ScHandle(svc, access))
 
     def open_service(self, proc, manager, name: str, desired: int) -> int:
         with self.lock:
             self._handle(proc, manager, False, 0)
-            svc = self.services.get(str(name).upper())
+            svc = self.services.get(upcase(str(name)))
             if svc is None:
                 raise ServiceError(we.ERROR_SERVICE_DOES_NOT_EXIST, f"there is no service {name!r}")
             if svc.marked:
@@ -270,7 +271,7 @@ class ServiceControlManager:
     def _maybe_remove(self, svc: Service) -> None:
         if svc.marked and svc.state == sv.SERVICE_STOPPED and svc.handles == 0 and not self.closed:
             self.store.delete_tree(svc.key)
-            self.services.pop(svc.name.upper(), None)
+            self.services.pop(upcase(svc.name), None)
             dbg.emit(f"service {svc.name} deleted", source="scm")
 
     def change_config(self, proc, value, service_type=None, start=None, error=None, path=None, group=None,
@@ -339,9 +340,9 @@ class ServiceControlManager:
             if not service_type or service_type & ~sv.SERVICE_TYPE_ALL:
                 raise ServiceError(we.ERROR_INVALID_PARAMETER, f"service type {service_type:#x} is not valid")
             out = []
-            for svc in sorted(self.services.values(), key=lambda s: s.name.upper()):
+            for svc in sorted(self.services.values(), key=lambda s: upcase(s.name)):
                 s = self.status(svc)
-                if self.services.get(svc.name.upper()) is not svc or not s["ServiceType"] & service_type:
+                if self.services.get(upcase(svc.name)) is not svc or not s["ServiceType"] & service_type:
                     continue
                 active = s["CurrentState"] != sv.SERVICE_STOPPED
                 if (active and state & sv.SERVICE_ACTIVE) or (not active and state & sv.SERVICE_INACTIVE):
@@ -391,13 +392,13 @@ class ServiceControlManager:
         shows it running and `sc stop` unloads it.  The DRIVER_OBJECT, or
         ServiceError."""
         with self.lock:
-            svc = self.services.get(name.upper())
+            svc = self.services.get(upcase(name))
             if svc is None:
                 _check_name(name)
                 svc = Service(name)
                 self._write_config(svc, sv.SERVICE_KERNEL_DRIVER, sv.SERVICE_DEMAND_START, sv.SERVICE_ERROR_NORMAL,
                                    image, "", [], "", name)
-                self.services[name.upper()] = svc
+                self.services[upcase(name)] = svc
                 dbg.emit(f"service {name} created for a driver loaded directly ({image})", source="scm")
             else:
                 self._refresh(svc)
@@ -450,7 +451,7 @@ class ServiceControlManager:
         """SERVICE_BOOT_START, then SYSTEM_START, then AUTO_START drivers."""
         for start in BOOT_ORDER:
             with self.lock:
-                todo = [(s, self.config(s)) for s in sorted(self.services.values(), key=lambda s: s.name.upper())
+                todo = [(s, self.config(s)) for s in sorted(self.services.values(), key=lambda s: upcase(s.name))
                         if not s.marked]
             for svc, cfg in todo:
                 if cfg["Start"] != start or svc.state != sv.SERVICE_STOPPED:
