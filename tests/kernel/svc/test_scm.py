@@ -371,3 +371,12 @@ def test_service_names_compare_as_nts_upcase_does(kernel):
         ws.DeleteService(h)
         ws.CloseServiceHandle(h)
     ws.CloseServiceHandle(scm)
+
+
+def test_a_string_argument_that_is_no_string_is_error_invalid_parameter(kernel):
+    scm = ws.OpenSCManager(None, None, SC_MANAGER_ALL_ACCESS)
+    with pytest.raises(client.CallFailed) as e:
+        client.connection().call("svc.create", manager=int(scm), name="BadDisplay", display=5, path=PROBE)
+    assert e.value.winerror == we.ERROR_INVALID_PARAMETER and "display must be a string" in str(e.value)
+    assert not any(r["level"] == "fault" for r in client.connection().call("dbg.recent", count=4096))
+    ws.CloseServiceHandle(scm)

@@ -42,6 +42,15 @@ def _run(conn, method: str, *args, **kw):
         raise CallError(status_from_win32(e.winerror), str(e), e.winerror) from None
 
 
+def _text(args: dict, name: str) -> str | None:
+    """A string argument (or None when absent); anything else is ERROR_INVALID_PARAMETER, as from the SCM."""
+    v = args.get(name)
+    if v is not None and not isinstance(v, str):
+        raise CallError(status_from_win32(we.ERROR_INVALID_PARAMETER), f"{name} must be a string, not {v!r}",
+                        we.ERROR_INVALID_PARAMETER)
+    return v
+
+
 def _opt(args: dict, name: str):
     """None for an absent argument or SERVICE_NO_CHANGE."""
     v = args.get(name)
@@ -60,10 +69,10 @@ def _open(conn, args, rid):
 
 @call("svc.create")
 def _create(conn, args, rid):
-    return _run(conn, "create_service", args["manager"], str(args["name"]), args.get("display"),
+    return _run(conn, "create_service", args["manager"], str(args["name"]), _text(args, "display"),
                 int(args.get("access", sv.SERVICE_ALL_ACCESS)), int(args.get("type", sv.SERVICE_KERNEL_DRIVER)),
                 int(args.get("start", sv.SERVICE_DEMAND_START)), int(args.get("error", sv.SERVICE_ERROR_NORMAL)),
-                args.get("path") or "", args.get("group"), args.get("dependencies"), args.get("start_name"))
+                _text(args, "path") or "", _text(args, "group"), args.get("dependencies"), _text(args, "start_name"))
 
 
 @call("svc.start")
@@ -89,8 +98,9 @@ def _config(conn, args, rid):
 @call("svc.change")
 def _change(conn, args, rid):
     return _run(conn, "change_config", args["handle"], service_type=_opt(args, "type"), start=_opt(args, "start"),
-                error=_opt(args, "error"), path=args.get("path"), group=args.get("group"),
-                dependencies=args.get("dependencies"), start_name=args.get("start_name"), display=args.get("display"))
+                error=_opt(args, "error"), path=_text(args, "path"), group=_text(args, "group"),
+                dependencies=args.get("dependencies"), start_name=_text(args, "start_name"),
+                display=_text(args, "display"))
 
 
 @call("svc.delete")
