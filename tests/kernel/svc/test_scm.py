@@ -221,7 +221,8 @@ def test_images_that_cannot_load(bare_kernel, tmp_path):
     details = {}
     for name, image, error in (("Broken", broken, we.ERROR_BAD_DRIVER),       # STATUS_DRIVER_UNABLE_TO_LOAD
                                ("NoEntry", no_entry, we.ERROR_PROC_NOT_FOUND),  # STATUS_DRIVER_ENTRYPOINT_NOT_FOUND
-                               ("Missing", tmp_path / "missing.py", we.ERROR_FILE_NOT_FOUND)):
+                               ("Missing", tmp_path / "missing.py", we.ERROR_FILE_NOT_FOUND),
+                               ("Folder", tmp_path, we.ERROR_FILE_NOT_FOUND)):
         svc = create(scm, name, image)
         with pytest.raises(pywintypes.error) as e:
             ws.StartService(svc, None)
@@ -231,6 +232,7 @@ def test_images_that_cannot_load(bare_kernel, tmp_path):
     assert "this driver imports something that is not there" in details["Broken"]
     assert "has no DriverEntry" in details["NoEntry"]
     assert "does not exist" in details["Missing"]
+    assert "is a directory, not a driver's .py file" in details["Folder"]
     texts = log_texts()
     assert any("failed to start" in t and "Broken" in t for t in texts)
 

@@ -67,7 +67,8 @@ def _import(image: str, tag: str):
     if image.endswith(".py") or os.sep in image:
         path = os.path.abspath(image)
         if not os.path.isfile(path):
-            raise DriverLoadError(st.STATUS_OBJECT_NAME_NOT_FOUND, f"driver image {path} does not exist")
+            what = "is a directory, not a driver's .py file" if os.path.isdir(path) else "does not exist"
+            raise DriverLoadError(st.STATUS_OBJECT_NAME_NOT_FOUND, f"driver image {path} {what}")
     else:
         try:
             spec = importlib.util.find_spec(image)
