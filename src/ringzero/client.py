@@ -27,6 +27,7 @@ import time
 
 from ringzero import paths
 from ringzero.nt import status as st
+from ringzero.nt.strings import upcase
 from ringzero.protocol import ring as rings
 from ringzero.protocol import wire
 from ringzero.protocol.wire import K
@@ -641,7 +642,6 @@ def ensure_driver(service: str, image: str) -> bool:
     """Load `image` as `service` unless a driver of that name is loaded (service
     names compare without regard to case, as the SCM's do); True if loaded here."""
     c = connection()
-    from ringzero.nt.strings import upcase
     if upcase(service) in (upcase(d) for d in c.call("kernel.info")["drivers"]):
         return False
     c.call("driver.load", image=image, service=service)

@@ -322,8 +322,6 @@ class ProgramConnection:
                 return
         if body:
             data = b"".join((data, body))    # one copy of the reply's data
-        elif type(data) is not bytes:
-            data = bytes(data)                 # (it may be left waiting: its buffer may be reused)
         try:
             if fds:
                 if self.outq:
@@ -341,15 +339,12 @@ class ProgramConnection:
                 if n < len(data) and not self._leave(memoryview(data)[n:]):
                     return
         except OSError as e:
-            # the program stopped reading, or is gone: end the connection; the reader runs it down
+            # the program stopped reading (a blocking send timed out), or is gone:
+            # end the connection; the reader runs it down
             if e.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
-                dbg.emit(f"pid {self.process.pid if self.process else '?'} stopped reading its replies; disconnected",
-                         level="fault", source="kernel")
-            self.closed = True
-            try:
-                self.sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+                self.stopped_reading()
+            else:
+                self.abort()
             return
         if ch is not None:
             try:
@@ -374,6 +369,8 @@ class ProgramConnection:
         if self.out_bytes + len(rest) > OUTBOX_LIMIT:
             self.stopped_reading()
             return False
+        if not isinstance(rest.obj, bytes):
+            rest = memoryview(bytes(rest))     # (what waits must outlive a buffer its sender may reuse)
         if not self.outq:
             self.out_since = time.monotonic()
         self.outq.append(rest)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 
 from ringzero.nt.errors import RtlNtStatusToDosError
-from ringzero.win32.winerror import format_message
+from ringzero.win32.winerror import ERROR_INVALID_NAME, format_message
 
 
 class error(Exception):
@@ -47,7 +47,7 @@ def name_bytes(name: str, funcname: str) -> bytes:
     try:
         return name.encode("utf-8")
     except UnicodeEncodeError:
-        raise_for(123, funcname)      # ERROR_INVALID_NAME
+        raise_for(ERROR_INVALID_NAME, funcname)
 
 
 _NO_HANDLE = (1 << 64) - 1      # a value no handle table hands out (INVALID_HANDLE_VALUE's bits)

@@ -177,8 +177,14 @@ def MmUnmapLockedPages(BaseAddress, MemoryDescriptorList: MDL) -> None:
         verifier.violation("INVALID_PROCESS_ATTACH_ATTEMPT",
                            f"unmapping a view of pid {proc.pid} from the context of pid {getattr(current.process, 'pid', 0)}")
     mdl.user_views.remove(view)
-    if view.gone:
-        return
+    if not view.gone:
+        _unmap(view)
+
+
+def _unmap(view) -> None:
+    """Take `view` out of its program: from the process's views, and (unless the
+    program is on its way out) from its address space."""
+    proc = view.process
     base = view.address - (view.address % PAGE_SIZE)
     with proc.lock:
         proc.views.pop(base, None)
@@ -224,18 +230,11 @@ def reclaim_driver(driver) -> int:
     unload takes back); how many MDLs."""
     mdls = live_mdls_of(driver)
     for mdl in mdls:
-        for view in list(mdl.user_views):
-            if view.gone:
-                continue
-            view.gone = True
-            proc = view.process
-            base = view.address - (view.address % PAGE_SIZE)
-            with proc.lock:
-                proc.views.pop(base, None)
-            conn = proc.connection
-            if conn is not None and not proc.exiting:
+        for view in mdl.user_views:
+            if not view.gone:
+                view.gone = True
                 try:
-                    conn.unmap_view(base, view.length)
+                    _unmap(view)
                 except Exception:
                     pass          # (the program's own mapping; it is gone with the program at worst)
         mdl.user_views.clear()

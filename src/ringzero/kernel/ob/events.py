@@ -49,6 +49,12 @@ _MUTANT = _Kind("Mutant", acc.MUTANT_GENERIC_MAPPING, acc.MUTANT_ALL_ACCESS)
 _KIND_OF = {"Event": _EVENT, "Mutant": _MUTANT}
 
 
+def _mapping_of(obj) -> acc.GenericMapping:
+    """The GENERIC_MAPPING of `obj`'s type (a file's for any type but events and mutants)."""
+    kind = _KIND_OF.get(obj.type_name)
+    return kind.mapping if kind is not None else acc.FILE_GENERIC_MAPPING
+
+
 def create_event(process, manual_reset: bool, initial: bool, name: str | None, desired: int) -> tuple[int, int]:
     """(status, handle): STATUS_OBJECT_NAME_EXISTS when a named event existed
     (the handle is to it, as CreateEvent then sets ERROR_ALREADY_EXISTS)."""
@@ -297,11 +303,7 @@ def duplicate_handle(process, handle: int, desired: int, same_access: bool) -> t
         e = process.handles.get(handle)
     except HandleError as err:
         return err.status, 0
-    if same_access:
-        access = e.access
-    else:
-        kind = _KIND_OF.get(e.obj.type_name)
-        access = acc.map_generic(desired, kind.mapping if kind is not None else acc.FILE_GENERIC_MAPPING)
+    access = e.access if same_access else acc.map_generic(desired, _mapping_of(e.obj))
     if access & ~e.access:
         return st.STATUS_ACCESS_DENIED, 0
     try:
@@ -356,9 +358,7 @@ def ObReferenceObjectByHandle(Handle, DesiredAccess: int, ObjectType=None, Acces
     if ObjectType is not None and obj.type_name != getattr(ObjectType, "name", ObjectType):
         return st.STATUS_OBJECT_TYPE_MISMATCH, None, None
     if AccessMode == 1:
-        kind = _KIND_OF.get(obj.type_name)
-        mapping = kind.mapping if kind is not None else acc.FILE_GENERIC_MAPPING
-        want = acc.map_generic(DesiredAccess, mapping)
+        want = acc.map_generic(DesiredAccess, _mapping_of(obj))
         if want & ~e.access:
             return st.STATUS_ACCESS_DENIED, None, None
     ob.reference(obj)
